@@ -1,0 +1,71 @@
+"""The Slot Attention autoencoder, composed from swappable parts."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from slot_jax.models.decoder import SpatialBroadcastDecoder
+from slot_jax.models.encoder import CNNEncoder
+from slot_jax.models.slot_attention import GaussianSlotInit, LearnedSlotInit, SlotAttention
+
+
+class SlotAutoencoder(nn.Module):
+    """image [B, H, W, 3] in [0, 1] -> named outputs.
+
+    recon [B,H,W,3], slot_images [B,K,H,W,3], masks [B,K,H,W,1] (decoder alpha masks),
+    slots [B,K,D], attn [B,K,h,w] (last Slot Attention iteration, on the feature grid).
+    """
+
+    encoder: nn.Module
+    slot_init: nn.Module
+    slot_attention: nn.Module
+    decoder: nn.Module
+
+    @nn.compact
+    def __call__(self, image: jnp.ndarray) -> dict:
+        encoded = self.encoder(image)
+        slots = self.slot_init(image.shape[0])
+        slots, attention = self.slot_attention(slots, encoded["features"])
+        outputs = dict(self.decoder(slots))
+        outputs["slots"] = slots
+        outputs["attn"] = attention.reshape(*attention.shape[:2], *encoded["grid"])
+        return outputs
+
+
+def build_autoencoder(model_config) -> SlotAutoencoder:
+    """Builds the autoencoder from `config.model` (see configs/slot_attention.py)."""
+    m = model_config
+    initialisers = {"gaussian": GaussianSlotInit, "learned": LearnedSlotInit}
+    return SlotAutoencoder(
+        encoder=CNNEncoder(
+            channels=tuple(m.encoder.channels),
+            kernel_sizes=tuple(m.encoder.kernel_sizes),
+            strides=tuple(m.encoder.strides),
+            mlp_features=tuple(m.encoder.mlp_features),
+        ),
+        slot_init=initialisers[m.slot_init](m.num_slots, m.slot_size),
+        slot_attention=SlotAttention(
+            num_iterations=m.num_iterations,
+            slot_size=m.slot_size,
+            mlp_hidden=m.mlp_hidden,
+            epsilon=m.epsilon,
+            implicit_grad=m.implicit_grad,
+        ),
+        decoder=SpatialBroadcastDecoder(
+            broadcast_size=tuple(m.decoder.broadcast_size),
+            channels=tuple(m.decoder.channels),
+            kernel_sizes=tuple(m.decoder.kernel_sizes),
+            strides=tuple(m.decoder.strides),
+            output_kernel_size=m.decoder.output_kernel_size,
+        ),
+    )
+
+
+def reconstruction_loss(outputs: dict, image: jnp.ndarray) -> jnp.ndarray:
+    """Per-example mean squared error [B]."""
+    return jnp.mean(jnp.square(outputs["recon"] - image), axis=(1, 2, 3))
+
+
+def attention_masks(attention: jnp.ndarray, image_size) -> jnp.ndarray:
+    """Bilinearly upsamples attention [B,K,h,w] to [B,K,H,W]."""
+    batch, num_slots = attention.shape[:2]
+    return jax.image.resize(attention, (batch, num_slots, *image_size), method="bilinear")

@@ -1,0 +1,54 @@
+"""Spatial broadcast decoder: each slot is painted on its own canvas, masks compete per pixel."""
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from slot_jax.models.layers import SoftPositionEmbed
+
+
+class SpatialBroadcastDecoder(nn.Module):
+    """Broadcasts every slot to a `broadcast_size` grid and upsamples it with convolutions.
+
+    Layers with stride > 1 are stride-s transposed convolutions (x s resolution); with all
+    strides 1 and `broadcast_size` equal to the image size the slots are broadcast at full
+    resolution, the cheap choice for small images. The last layer predicts RGB and a mask
+    logit per slot; masks are a softmax over slots.
+    """
+
+    broadcast_size: Sequence[int] = (8, 8)
+    channels: Sequence[int] = (64, 64, 64, 64, 64)
+    kernel_sizes: Sequence[int] = (5, 5, 5, 5, 5)
+    strides: Sequence[int] = (2, 2, 2, 2, 1)
+    output_kernel_size: int = 3
+
+    def output_size(self) -> tuple[int, int]:
+        scale = 1
+        for stride in self.strides:
+            scale *= stride
+        return (self.broadcast_size[0] * scale, self.broadcast_size[1] * scale)
+
+    @nn.compact
+    def __call__(self, slots: jnp.ndarray) -> dict:
+        batch, num_slots, slot_size = slots.shape
+        height, width = self.broadcast_size
+        x = jnp.broadcast_to(slots.reshape(batch * num_slots, 1, 1, slot_size),
+                             (batch * num_slots, height, width, slot_size))
+        x = SoftPositionEmbed()(x)
+        for features, kernel, stride in zip(self.channels, self.kernel_sizes, self.strides, strict=True):
+            if stride == 1:
+                x = nn.Conv(features, (kernel, kernel), padding="SAME")(x)
+            else:
+                x = nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride), padding="SAME")(x)
+            x = nn.relu(x)
+        kernel = self.output_kernel_size
+        x = nn.Conv(4, (kernel, kernel), padding="SAME", name="output")(x)
+        x = x.reshape(batch, num_slots, *x.shape[1:])
+        slot_images, mask_logits = x[..., :3], x[..., 3:]
+        masks = jax.nn.softmax(mask_logits, axis=1)
+        return {
+            "recon": jnp.sum(masks * slot_images, axis=1),
+            "slot_images": slot_images,
+            "masks": masks,
+        }

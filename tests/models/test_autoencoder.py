@@ -1,0 +1,63 @@
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from slot_jax.config_loader import load_config
+from slot_jax.models.autoencoder import attention_masks, build_autoencoder, reconstruction_loss
+from slot_jax.models.decoder import SpatialBroadcastDecoder
+from slot_jax.models.encoder import CNNEncoder
+from slot_jax.models.layers import position_grid
+
+SA_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "slot_attention.py"
+
+
+def test_position_grid_holds_distances_to_the_four_borders():
+    grid = np.asarray(position_grid(3, 5))
+    assert grid.shape == (3, 5, 4)
+    np.testing.assert_allclose(grid[0, 0], [0, 0, 1, 1])
+    np.testing.assert_allclose(grid[2, 4], [1, 1, 0, 0])
+    np.testing.assert_allclose(grid[..., 0] + grid[..., 2], 1.0)
+
+
+def test_encoder_strides_set_the_feature_grid():
+    encoder = CNNEncoder(channels=(8, 8, 8, 8), kernel_sizes=(5, 5, 5, 5), strides=(1, 2, 2, 1),
+                         mlp_features=(16, 16))
+    out = jax.eval_shape(lambda: encoder.init_with_output(jax.random.PRNGKey(0), jnp.zeros((2, 128, 128, 3)))[0])
+    assert out["features"].shape == (2, 32 * 32, 16)
+
+
+@pytest.mark.parametrize("broadcast, strides, size", [((8, 8), (2, 2, 2, 2, 1), 128), ((35, 35), (1, 1), 35)])
+def test_decoder_outputs_masks_that_sum_to_one_and_mix_the_slot_images(broadcast, strides, size):
+    decoder = SpatialBroadcastDecoder(broadcast_size=broadcast, channels=(4,) * len(strides),
+                                      kernel_sizes=(3,) * len(strides), strides=strides)
+    assert decoder.output_size() == (size, size)
+    slots = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8))
+    out, _ = decoder.init_with_output(jax.random.PRNGKey(1), slots)
+    assert out["recon"].shape == (2, size, size, 3)
+    assert out["slot_images"].shape == (2, 3, size, size, 3) and out["masks"].shape == (2, 3, size, size, 1)
+    np.testing.assert_allclose(np.asarray(out["masks"]).sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out["recon"], (out["masks"] * out["slot_images"]).sum(axis=1), atol=1e-5)
+
+
+def test_autoencoder_returns_named_outputs_and_a_per_example_loss():
+    config = load_config(f"{SA_CONFIG}:quick")
+    model = build_autoencoder(config.model)
+    image = jax.random.uniform(jax.random.PRNGKey(0), (2, 35, 35, 3))
+    out, _ = model.init_with_output({"params": jax.random.PRNGKey(0), "slots": jax.random.PRNGKey(1)}, image)
+    k, d = config.model.num_slots, config.model.slot_size
+    assert set(out) == {"recon", "slot_images", "masks", "slots", "attn"}
+    assert out["slots"].shape == (2, k, d) and out["attn"].shape == (2, k, 35, 35)
+    loss = reconstruction_loss(out, image)
+    assert loss.shape == (2,)
+    np.testing.assert_allclose(loss[1], np.mean((np.asarray(out["recon"][1]) - np.asarray(image[1])) ** 2),
+                               rtol=1e-5)
+
+
+def test_attention_masks_upsample_bilinearly_and_keep_the_slot_sum():
+    attention = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8, 8)), axis=1)
+    masks = np.asarray(attention_masks(attention, (32, 32)))
+    assert masks.shape == (2, 5, 32, 32)
+    np.testing.assert_allclose(masks.sum(axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,56 @@
+"""Command line: `python -m slot_jax.main --config=configs/X.py[:variant] --workdir=DIR [--mode=...]`.
+
+Config values are overridden with `--config.a.b=value`. Bad input ends with a one-line error
+and exit status 2.
+"""
+import argparse
+import sys
+
+from slot_jax.errors import UserError
+
+MODES = ("train", "eval")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m slot_jax.main", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="configs/NAME.py[:variant]")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics, figures and results go here")
+    parser.add_argument("--mode", default="train", choices=MODES,
+                        help="train (resumes, then evaluates) or eval (scores the latest checkpoint)")
+    known, rest = parser.parse_known_args(argv)
+    overrides = {}
+    for arg in rest:
+        key, sep, value = arg.partition("=")
+        if not key.startswith("--config.") or not sep:
+            parser.error(f"unrecognised argument {arg!r}: config overrides look like --config.train.num_steps=100")
+        overrides[key[len("--config."):]] = value
+    return known, overrides
+
+
+def run(argv) -> int:
+    args, overrides = parse_args(argv)
+    from slot_jax.config_loader import config_from_args  # after argparse, so --help is instant
+    config = config_from_args(args.config, overrides)
+    if args.mode == "train":
+        from slot_jax.training.loop import train
+        train(config, args.workdir)
+    else:
+        from slot_jax.training.evaluate import evaluate
+        evaluate(config, args.workdir)
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the latest completed checkpoint is kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

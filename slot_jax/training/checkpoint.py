@@ -1,0 +1,73 @@
+"""Orbax checkpoints of the train state, tagged with the config that made them.
+
+A checkpoint stores the architecture-defining part of the config (model and dataset) beside the
+state; restoring it under a different one is refused with a message that names the keys.
+"""
+import json
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from slot_jax.errors import UserError
+
+
+def architecture_of(config) -> dict:
+    """What must match between a checkpoint and the config restoring it."""
+    return json.loads(json.dumps({"model": config.model.to_dict(), "data.name": config.data.name},
+                                 default=list))
+
+
+def _differences(saved, current, prefix=""):
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for key in sorted(set(saved) | set(current)):
+            yield from _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+    elif saved != current:
+        yield f"{prefix.rstrip('.')}: checkpoint {saved!r}, config {current!r}"
+
+
+class Checkpointer:
+    def __init__(self, workdir: pathlib.Path, *, keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "architecture"))
+
+    def latest_step(self):
+        return self.manager.latest_step()
+
+    def save(self, state, config) -> None:
+        step = int(jax.device_get(state.step))
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            architecture=ocp.args.JsonSave(architecture_of(config))))
+
+    def check_architecture(self, config, step=None) -> None:
+        step = self.latest_step() if step is None else step
+        saved = self.manager.restore(step, args=ocp.args.Composite(
+            architecture=ocp.args.JsonRestore()))["architecture"]
+        differences = list(_differences(saved, architecture_of(config)))
+        if differences:
+            raise UserError(
+                f"checkpoint {self.directory / str(step)} was made by a different config "
+                f"({'; '.join(differences[:3])}): use a new --workdir or the config that made it")
+
+    def restore(self, abstract_state, config, step=None):
+        step = self.latest_step() if step is None else step
+        self.check_architecture(config, step)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))
+        except (ValueError, KeyError) as error:
+            raise UserError(f"checkpoint {self.directory / str(step)} does not fit this config "
+                            f"({str(error).splitlines()[0][:200]}): use a new --workdir") from None
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

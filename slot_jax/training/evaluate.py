@@ -1,0 +1,139 @@
+"""Scores a trained autoencoder: validation metrics, the real samples, and the figures."""
+import json
+import pathlib
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from slot_jax.data.pipeline import eval_batches
+from slot_jax.data.real import load_real_samples
+from slot_jax.errors import UserError
+from slot_jax.evaluation import figures
+from slot_jax.training import mesh as mesh_lib
+from slot_jax.training.checkpoint import Checkpointer
+from slot_jax.training.experiment import Experiment, prepare_workdir, write_atomically
+
+REAL_SAMPLES = {"tetrominoes": "tetrominoes"}  # built-in dataset -> real samples it must transfer to
+
+
+def _local_slice(batch: dict) -> dict:
+    count, index = jax.process_count(), jax.process_index()
+    size = len(batch["image"]) // count
+    return {k: v[index * size:(index + 1) * size] for k, v in batch.items()}
+
+
+def score_batches(experiment, params, batches, *, keep_outputs: int = 0):
+    """Runs the eval step over batches. Returns (per-example results, first outputs, first batch)."""
+    per_example, kept_outputs, kept_batch = {}, None, None
+    for batch in batches:
+        device_batch = mesh_lib.global_batch(_local_slice(batch), experiment.mesh)
+        outputs, results = experiment.eval_step(params, device_batch, experiment.eval_rng())
+        results = multihost_utils.process_allgather(results, tiled=True)
+        for key, value in results.items():
+            per_example.setdefault(key, []).append(np.asarray(value))
+        if keep_outputs and kept_outputs is None:
+            kept_outputs = multihost_utils.process_allgather(outputs, tiled=True)
+            kept_outputs = jax.tree.map(lambda x: np.asarray(x[:keep_outputs]), kept_outputs)
+            kept_batch = {k: v[:keep_outputs] for k, v in batch.items()}
+    return {k: np.concatenate(v) for k, v in per_example.items()}, kept_outputs, kept_batch
+
+
+def summarise(per_example: dict, prefix: str) -> dict:
+    """Dataset means: ARI over all valid images; FG-ARI and mBO (per-image mean, then the mean
+    over images) over the valid images that have at least one object."""
+    valid = per_example["valid"].astype(bool)
+    summary = {f"{prefix}/loss": float(per_example["loss"][valid].mean()),
+               f"{prefix}/num_images": int(valid.sum())}
+    for source in ("decoder", "attention"):
+        with_objects = valid & per_example[f"{source}/has_foreground"].astype(bool)
+        summary[f"{prefix}/{source}/ari"] = float(per_example[f"{source}/ari"][valid].mean())
+        for name in ("fg_ari", "mbo"):
+            scores = per_example[f"{source}/{name}"][with_objects]
+            summary[f"{prefix}/{source}/{name}"] = float(scores.mean()) if scores.size else float("nan")
+    return summary
+
+
+def run_validation(experiment, params, *, keep_outputs: int = 0):
+    config = experiment.config
+    batches = eval_batches(experiment.info, "val", config.eval.num_examples, config.eval.batch_size,
+                           config.data.seed)
+    per_example, outputs, batch = score_batches(experiment, params, batches, keep_outputs=keep_outputs)
+    return summarise(per_example, "val"), outputs, batch
+
+
+def _padded_batches(samples: dict, batch_size: int):
+    count = len(samples["image"])
+    for start in range(0, count, batch_size):
+        chunk = {k: v[start:start + batch_size] for k, v in samples.items()}
+        real = len(chunk["image"])
+        pad = batch_size - real
+        chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v for k, v in chunk.items()}
+        chunk["valid"] = np.arange(batch_size) < real
+        yield chunk
+
+
+def evaluate_real_samples(experiment, params, *, keep_outputs: int = 0):
+    """Scores the real samples of the dataset the model was trained on, when they are present."""
+    name = REAL_SAMPLES.get(experiment.config.data.name)
+    if name is None:
+        return {}, None, None
+    try:
+        samples = load_real_samples(name)
+    except FileNotFoundError as error:
+        return {"real/skipped": str(error)}, None, None
+    batches = _padded_batches(samples, experiment.config.eval.batch_size)
+    per_example, outputs, batch = score_batches(experiment, params, batches, keep_outputs=keep_outputs)
+    return summarise(per_example, "real"), outputs, batch
+
+
+def write_figures(directory: pathlib.Path, batch: dict, outputs: dict, *, prefix: str = "val") -> None:
+    from slot_jax.models.autoencoder import attention_masks
+
+    directory.mkdir(parents=True, exist_ok=True)
+    images = batch["image"].astype(np.float32) / 255.0
+    recons = np.clip(outputs["recon"], 0.0, 1.0)
+    figures.save_reconstructions(directory / f"{prefix}_reconstructions.png", images, recons,
+                                 outputs["masks"], np.clip(outputs["slot_images"], 0.0, 1.0))
+    decoder_ids = np.argmax(outputs["masks"][..., 0], axis=1)
+    attention_ids = np.argmax(np.asarray(attention_masks(outputs["attn"], images.shape[1:3])), axis=1)
+    figures.save_segmentation(directory / f"{prefix}_segmentation_decoder.png", images, decoder_ids, batch["mask"])
+    figures.save_segmentation(directory / f"{prefix}_segmentation_attention.png", images, attention_ids,
+                              batch["mask"])
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"evaluation at step {summary.get('step')}:"]
+    for key, value in summary.items():
+        if key != "step":
+            lines.append(f"  {key:32s} {value:.4f}" if isinstance(value, float) else f"  {key:32s} {value}")
+    return "\n".join(lines)
+
+
+def evaluate(config, workdir, *, state=None) -> dict:
+    """Scores the latest checkpoint (or `state`) and writes eval_results.json and figures/."""
+    workdir = prepare_workdir(workdir, create=False)
+    experiment = Experiment(config)
+    if state is None:
+        checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
+        if checkpointer.latest_step() is None:
+            raise UserError(f"no checkpoint in {workdir / 'checkpoints'}: train first with --mode=train")
+        state = checkpointer.restore(experiment.abstract_state(), config)
+        checkpointer.close()
+    rows = config.eval.num_figure_rows
+    summary, outputs, batch = run_validation(experiment, state.params, keep_outputs=rows)
+    summary = {"step": int(jax.device_get(state.step)), **summary}
+    real_summary, real_outputs, real_batch = evaluate_real_samples(experiment, state.params, keep_outputs=rows)
+    summary.update(real_summary)
+    if jax.process_index() == 0:
+        figure_dir = workdir / "figures"
+        write_figures(figure_dir, batch, outputs)
+        if real_outputs is not None:
+            write_figures(figure_dir, real_batch, real_outputs, prefix="real")
+        metrics_file = workdir / "metrics.jsonl"
+        if metrics_file.exists():
+            figures.save_loss_curves(figure_dir / "loss_curves.png", metrics_file,
+                                     keys=("loss", "val/loss", "val/decoder/fg_ari", "val/attention/fg_ari"))
+        write_atomically(workdir / "eval_results.json", json.dumps(summary, indent=2))
+        print(format_summary(summary), flush=True)
+    return summary

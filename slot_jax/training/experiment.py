@@ -1,0 +1,111 @@
+"""An experiment: the model, optimizer, mesh and jitted steps that one config defines."""
+import functools
+import os
+import pathlib
+import tempfile
+
+import jax
+import numpy as np
+
+from slot_jax.data.builtin import get_dataset
+from slot_jax.errors import UserError
+from slot_jax.models.autoencoder import build_autoencoder
+from slot_jax.training import mesh as mesh_lib
+from slot_jax.training.optimizer import SCHEDULES, build_optimizer
+from slot_jax.training.state import create_train_state
+from slot_jax.training.step import eval_step, train_step
+
+EVAL_SEED_OFFSET = 1_000_003  # the eval slot-init noise is fixed, and unlike any train step's
+
+
+def dataset_info(config):
+    try:
+        return get_dataset(config.data.name)
+    except ValueError as error:
+        raise UserError(f"config.data.name: {error}") from None
+
+
+def check_config(config, info, num_devices: int) -> None:
+    """Refuses values that would fail late or silently train something else."""
+    def require(ok, message):
+        if not ok:
+            raise UserError(message)
+
+    t, m = config.train, config.model
+    for key in ("data.global_batch_size", "eval.batch_size"):
+        value = config[key.split(".")[0]][key.split(".")[1]]
+        require(value > 0 and value % num_devices == 0,
+                f"config.{key}={value} must be a positive multiple of the {num_devices} devices")
+    require(t.num_steps > 0, f"config.train.num_steps={t.num_steps} must be positive")
+    require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate} must be positive")
+    require(t.schedule in SCHEDULES, f"config.train.schedule={t.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        require(t[key] > 0, f"config.train.{key}={t[key]} must be positive")
+    require(m.num_slots > 0 and m.slot_size > 0 and m.num_iterations > 0,
+            "config.model.num_slots, slot_size and num_iterations must be positive")
+    require(m.slot_init in ("gaussian", "learned"),
+            f"config.model.slot_init={m.slot_init!r}: choose 'gaussian' or 'learned'")
+    for part in ("encoder", "decoder"):
+        lengths = {k: len(m[part][k]) for k in ("channels", "kernel_sizes", "strides")}
+        require(len(set(lengths.values())) == 1,
+                f"config.model.{part}: channels, kernel_sizes and strides need one entry per layer, got {lengths}")
+    scale = int(np.prod(m.decoder.strides))
+    out = tuple(b * scale for b in m.decoder.broadcast_size)
+    require(out == tuple(info.image_size),
+            f"config.model.decoder: broadcast_size {tuple(m.decoder.broadcast_size)} x strides {scale} gives "
+            f"{out}, but {info.name} images are {tuple(info.image_size)}")
+    require(config.eval.num_examples > 0, "config.eval.num_examples must be positive")
+
+
+def prepare_workdir(workdir, *, create: bool) -> pathlib.Path:
+    path = pathlib.Path(workdir)
+    if not path.exists():
+        if not create:
+            raise UserError(f"workdir {path} does not exist: train into it first")
+        try:
+            path.mkdir(parents=True)
+        except OSError as error:
+            raise UserError(f"cannot create workdir {path}: {error.strerror}") from None
+    if not path.is_dir():
+        raise UserError(f"workdir {path} is not a directory")
+    if create and not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"workdir {path} is not writable: choose another --workdir")
+    return path
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Readers never see a half-written file, and a failure leaves the old one in place."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as file:
+        file.write(text)
+    os.replace(file.name, path)
+
+
+class Experiment:
+    """Model, optimizer, mesh and jitted steps built once from a config."""
+
+    def __init__(self, config, devices=None):
+        self.config = config
+        self.info = dataset_info(config)
+        self.mesh = mesh_lib.make_mesh(devices)
+        check_config(config, self.info, self.mesh.size)
+        self.model = build_autoencoder(config.model)
+        self.optimizer = build_optimizer(config.train)
+        self.image_shape = (1, *self.info.image_size, 3)
+        repl, data = mesh_lib.replicated(self.mesh), mesh_lib.data_sharded(self.mesh)
+        self._init = jax.jit(functools.partial(create_train_state, self.model, self.optimizer, self.image_shape),
+                             out_shardings=repl)
+        self.train_step = jax.jit(functools.partial(train_step, model=self.model, optimizer=self.optimizer),
+                                  in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, num_true=self.info.max_entities),
+                                 in_shardings=(repl, data, repl), out_shardings=(data, data))
+
+    def init_state(self):
+        return self._init(jax.random.PRNGKey(self.config.seed))
+
+    def abstract_state(self):
+        repl = mesh_lib.replicated(self.mesh)
+        shapes = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+
+    def eval_rng(self):
+        return jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET)

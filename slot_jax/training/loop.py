@@ -1,0 +1,88 @@
+"""The training loop around the pure train step."""
+import time
+
+import jax
+import numpy as np
+
+from slot_jax.data.pipeline import BatchIterator
+from slot_jax.errors import UserError
+from slot_jax.training import mesh as mesh_lib
+from slot_jax.training.checkpoint import Checkpointer
+from slot_jax.training.evaluate import evaluate, run_validation
+from slot_jax.training.experiment import Experiment, prepare_workdir, write_atomically
+from slot_jax.training.optimizer import Plateau, build_schedule, plateau_step
+from slot_jax.training.writers import MetricWriter, Progress
+
+
+def _mean_metrics(window: list) -> dict:
+    stacked = jax.device_get(window)
+    return {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
+
+
+def train(config, workdir) -> dict:
+    """Trains (resuming from the workdir's latest checkpoint), then evaluates. Returns eval results."""
+    workdir = prepare_workdir(workdir, create=True)
+    experiment = Experiment(config)
+    is_chief = jax.process_index() == 0
+    checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(experiment.abstract_state(), config)
+    else:
+        state = experiment.init_state()
+    start_step = int(jax.device_get(state.step))
+    if is_chief:
+        write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2))
+    writer = MetricWriter(workdir, enabled=is_chief)
+    progress = Progress(config.train.num_steps, start_step, enabled=is_chief)
+    batches = BatchIterator(experiment.info, "train", config.data.global_batch_size, config.data.seed,
+                            start_step=start_step, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    window, started = [], time.perf_counter()
+    try:
+        for step in range(start_step + 1, config.train.num_steps + 1):
+            state, metrics = experiment.train_step(state, mesh_lib.global_batch(next(batches), experiment.mesh))
+            window.append(metrics)
+            last = step == config.train.num_steps
+            saving = step % config.train.checkpoint_every == 0 or last
+            if step % config.train.log_every == 0 or saving:
+                scalars = _mean_metrics(window)
+                window = []
+                if scalars.pop("nonfinite") > 0:
+                    raise UserError(f"loss became NaN/inf before step {step} (nothing saved after step "
+                                    f"{checkpointer.latest_step()}): lower config.train.learning_rate or set "
+                                    "config.train.grad_clip_norm")
+                scalars["learning_rate"] = learning_rate_at(config, step, float(state.lr_scale))
+                progress.update(step, {"loss": scalars["loss"]})
+                writer.write(step, scalars)
+            if step % config.train.eval_every == 0:
+                summary, _, _ = run_validation(experiment, state.params)
+                writer.write(step, summary)
+                if config.train.schedule == "plateau":
+                    state = apply_plateau(config, state, summary["val/loss"])
+            if saving:
+                checkpointer.save(state, config)
+    finally:
+        checkpointer.wait()
+        batches.close()
+        writer.close()
+    if is_chief:
+        elapsed = time.perf_counter() - started
+        print(f"trained steps {start_step}..{config.train.num_steps} in {elapsed:.0f} s", flush=True)
+    results = evaluate(config, workdir, state=state)
+    checkpointer.close()
+    return results
+
+
+def learning_rate_at(config, step: int, lr_scale: float) -> float:
+    return float(build_schedule(config.train)(step)) * lr_scale
+
+
+def apply_plateau(config, state, val_loss: float):
+    t = config.train
+    plateau = plateau_step(
+        Plateau(float(state.plateau_best), int(state.plateau_bad_evals), float(state.lr_scale)), val_loss,
+        factor=t.plateau_factor, patience=t.plateau_patience, threshold=t.plateau_threshold,
+        min_scale=t.min_learning_rate / t.learning_rate)
+    put = lambda value, dtype: jax.device_put(np.asarray(value, dtype), state.lr_scale.sharding)
+    return state.replace(lr_scale=put(plateau.lr_scale, np.float32), plateau_best=put(plateau.best, np.float32),
+                         plateau_bad_evals=put(plateau.bad_evals, np.int32))

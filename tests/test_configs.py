@@ -1,0 +1,47 @@
+"""Every config variant builds: its model and train state are traced with eval_shape."""
+import functools
+import importlib.util
+import pathlib
+
+import jax
+import pytest
+
+from slot_jax.config_loader import load_config
+from slot_jax.data.builtin import get_dataset
+from slot_jax.models.autoencoder import build_autoencoder
+from slot_jax.training.experiment import check_config
+from slot_jax.training.optimizer import build_optimizer
+from slot_jax.training.state import create_train_state
+
+SA_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "slot_attention.py"
+_spec = importlib.util.spec_from_file_location("sa_config", SA_CONFIG)
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+
+
+@pytest.mark.parametrize("variant", _module.VARIANTS)
+def test_slot_attention_variant_builds(variant):
+    config = load_config(f"{SA_CONFIG}:{variant}")
+    info = get_dataset(config.data.name)
+    check_config(config, info, num_devices=len(jax.devices()))
+    model = build_autoencoder(config.model)
+    optimizer = build_optimizer(config.train)
+    image_shape = (config.data.global_batch_size, *info.image_size, 3)
+    state = jax.eval_shape(functools.partial(create_train_state, model, optimizer, image_shape),
+                           jax.random.PRNGKey(0))
+    assert state.step.shape == ()
+    outputs = jax.eval_shape(lambda p: model.apply({"params": p}, jax.numpy.zeros(image_shape),
+                                                   rngs={"slots": jax.random.PRNGKey(0)}), state.params)
+    assert outputs["recon"].shape == image_shape
+    assert outputs["masks"].shape[1] == config.model.num_slots
+
+
+def test_report_variant_matches_the_report():
+    config = load_config(f"{SA_CONFIG}:report")
+    assert get_dataset(config.data.name).image_size == (128, 128)
+    assert (config.model.num_slots, config.model.slot_size, config.model.num_iterations) == (11, 64, 3)
+    assert tuple(config.model.encoder.channels) == (32, 32, 32, 32)
+    assert tuple(config.model.encoder.strides) == (1, 2, 2, 1)
+    assert (config.train.learning_rate, config.data.global_batch_size, config.train.schedule) == (1e-4, 32, "plateau")
+    assert (config.train.plateau_factor, config.train.plateau_patience, config.train.min_learning_rate) == (0.1, 3, 1e-7)
+    assert config.train.num_steps * config.data.global_batch_size == 45 * config.data.epoch_size

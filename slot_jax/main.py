@@ -4,6 +4,7 @@ Config values are overridden with `--config.a.b=value`. Bad input ends with a on
 and exit status 2.
 """
 import argparse
+import os
 import sys
 
 from slot_jax.errors import UserError
@@ -29,6 +30,9 @@ def parse_args(argv):
 
 def run(argv) -> int:
     args, overrides = parse_args(argv)
+    if os.environ.get("SLOT_JAX_DISTRIBUTED") == "1":  # multi-host (TPU pod slice, several GPU hosts)
+        import jax
+        jax.distributed.initialize()
     from slot_jax.config_loader import config_from_args  # after argparse, so --help is instant
     config = config_from_args(args.config, overrides)
     if args.mode == "train":

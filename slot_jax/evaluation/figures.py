@@ -51,9 +51,16 @@ def _prepare_path(path):
     return path
 
 
-def save_image_grid(path, images, ncols: int):
-    """Tile images [N, H, W, 3] (or grey [N, H, W]) row by row into `ncols` columns."""
+def save_image_grid(path, images, ncols: int, min_cell: int = 1):
+    """Tile images [N, H, W, 3] (or grey [N, H, W]) row by row into `ncols` columns.
+
+    Images smaller than `min_cell` pixels are enlarged by an integer factor (nearest neighbour),
+    so 35x35 Tetrominoes stay legible and pixel-exact.
+    """
     images = _to_float_rgb(images)
+    factor = max(1, math.ceil(min_cell / max(images.shape[1:3])))
+    if factor > 1:
+        images = images.repeat(factor, axis=1).repeat(factor, axis=2)
     count, height, width, _ = images.shape
     nrows = max(1, math.ceil(count / ncols))
     step_y, step_x = height + _PADDING, width + _PADDING
@@ -73,7 +80,7 @@ def _masks_without_channel(masks):
     return masks[..., 0] if masks.ndim == 5 else masks
 
 
-def save_reconstructions(path, images, recons, masks, slot_images, max_rows: int = 8):
+def save_reconstructions(path, images, recons, masks, slot_images, max_rows: int = 8, min_cell: int = 1):
     """Rows of: input | reconstruction | segmentation | each slot's image times its mask.
 
     images, recons: [B, H, W, 3]; masks: [B, K, H, W] or [B, K, H, W, 1];
@@ -89,10 +96,10 @@ def save_reconstructions(path, images, recons, masks, slot_images, max_rows: int
     slots_shown = slot_images * alpha + (1.0 - alpha)
     tiles = np.concatenate(
         [images[:, None], recons[:, None], segmentation[:, None], slots_shown], axis=1)
-    return save_image_grid(path, tiles.reshape(-1, *tiles.shape[2:]), ncols=tiles.shape[1])
+    return save_image_grid(path, tiles.reshape(-1, *tiles.shape[2:]), ncols=tiles.shape[1], min_cell=min_cell)
 
 
-def save_segmentation(path, images, pred_ids, true_ids, max_rows: int = 8):
+def save_segmentation(path, images, pred_ids, true_ids, max_rows: int = 8, min_cell: int = 1):
     """Rows of: input | true segmentation | predicted segmentation (ids [B, H, W])."""
     rows = min(len(images), max_rows)
     images = _to_float_rgb(images[:rows])
@@ -100,7 +107,7 @@ def save_segmentation(path, images, pred_ids, true_ids, max_rows: int = 8):
     true_rgb = colorize_ids(np.asarray(true_ids)[:rows].reshape(spatial))
     pred_rgb = colorize_ids(np.asarray(pred_ids)[:rows].reshape(spatial))
     tiles = np.stack([images, true_rgb, pred_rgb], axis=1)
-    return save_image_grid(path, tiles.reshape(-1, *tiles.shape[2:]), ncols=3)
+    return save_image_grid(path, tiles.reshape(-1, *tiles.shape[2:]), ncols=3, min_cell=min_cell)
 
 
 def _is_number(value):

@@ -14,6 +14,7 @@ from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.experiment import Experiment, prepare_workdir, write_atomically
 
+FIGURE_CELL = 96  # small images are enlarged to at least this many pixels in the figures
 REAL_SAMPLES = {"tetrominoes": "tetrominoes"}  # built-in dataset -> real samples it must transfer to
 
 
@@ -94,12 +95,12 @@ def write_figures(directory: pathlib.Path, batch: dict, outputs: dict, *, prefix
     images = batch["image"].astype(np.float32) / 255.0
     recons = np.clip(outputs["recon"], 0.0, 1.0)
     figures.save_reconstructions(directory / f"{prefix}_reconstructions.png", images, recons,
-                                 outputs["masks"], np.clip(outputs["slot_images"], 0.0, 1.0))
+                                 outputs["masks"], np.clip(outputs["slot_images"], 0.0, 1.0), min_cell=FIGURE_CELL)
     decoder_ids = np.argmax(outputs["masks"][..., 0], axis=1)
     attention_ids = np.argmax(np.asarray(attention_masks(outputs["attn"], images.shape[1:3])), axis=1)
-    figures.save_segmentation(directory / f"{prefix}_segmentation_decoder.png", images, decoder_ids, batch["mask"])
-    figures.save_segmentation(directory / f"{prefix}_segmentation_attention.png", images, attention_ids,
-                              batch["mask"])
+    for source, ids in (("decoder", decoder_ids), ("attention", attention_ids)):
+        figures.save_segmentation(directory / f"{prefix}_segmentation_{source}.png", images, ids, batch["mask"],
+                                  min_cell=FIGURE_CELL)
 
 
 def format_summary(summary: dict) -> str:

@@ -8,7 +8,7 @@ from slot_jax.data.pipeline import BatchIterator
 from slot_jax.errors import UserError
 from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.checkpoint import Checkpointer
-from slot_jax.training.evaluate import evaluate, run_validation
+from slot_jax.training.evaluate import evaluate, evaluate_real_samples, run_validation
 from slot_jax.training.experiment import Experiment, prepare_workdir, write_atomically
 from slot_jax.training.optimizer import Plateau, build_schedule, plateau_step
 from slot_jax.training.writers import MetricWriter, Progress
@@ -21,8 +21,8 @@ def _mean_metrics(window: list) -> dict:
 
 def train(config, workdir) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), then evaluates. Returns eval results."""
+    experiment = Experiment(config)  # checks the config before anything is written
     workdir = prepare_workdir(workdir, create=True)
-    experiment = Experiment(config)
     is_chief = jax.process_index() == 0
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     if checkpointer.latest_step() is not None:
@@ -56,7 +56,8 @@ def train(config, workdir) -> dict:
                 writer.write(step, scalars)
             if step % config.train.eval_every == 0:
                 summary, _, _ = run_validation(experiment, state.params)
-                writer.write(step, summary)
+                real_summary, _, _ = evaluate_real_samples(experiment, state.params)
+                writer.write(step, {**summary, **{k: v for k, v in real_summary.items() if k != "real/skipped"}})
                 if config.train.schedule == "plateau":
                     state = apply_plateau(config, state, summary["val/loss"])
             if saving:

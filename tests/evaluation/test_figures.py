@@ -81,3 +81,14 @@ def test_loss_curves(tmp_path):
     assert series["loss"][0] == list(range(20))
     assert series["eval/ari"] == ([20], [0.5])
     assert series["missing"] == ([], [])
+
+
+def test_small_images_are_enlarged_pixel_exactly(tmp_path):
+    images = np.random.default_rng(3).random((2, 10, 10, 3))
+    path = figures.save_image_grid(tmp_path / "big.png", images, ncols=2, min_cell=30)
+    assert_grid_size(open_png(path), nrows=1, ncols=2, tile_h=30, tile_w=30)
+    image = np.asarray(open_png(path))
+    # each source pixel became a 3x3 block of identical pixels
+    pad_top, pad_left = np.argwhere(np.any(image != image[0, 0], axis=-1))[0]
+    block = image[pad_top:pad_top + 3, pad_left:pad_left + 3]
+    assert (block == block[0, 0]).all()

@@ -1,0 +1,114 @@
+"""The command line end to end: train, kill, resume, evaluate, and refuse bad input safely."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from slot_jax import main as cli
+
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+
+
+def _snapshot(directory):
+    """Every file under the directory with its size and modification time."""
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in directory.rglob("*") if p.is_file()}
+
+
+def _run_cli(args, capsys):
+    code = cli.main(args)
+    return code, capsys.readouterr().err
+
+
+def test_train_kill_resume_evaluate(tmp_path, tiny_args):
+    workdir = tmp_path / "run"
+    args = tiny_args(workdir, **{"train.num_steps": 1000, "train.checkpoint_every": 2, "train.eval_every": 1000})
+    process = subprocess.Popen([sys.executable, "-m", "slot_jax.main", *args], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    # Orbax renames a finished checkpoint into place, so a numeric directory is a complete one.
+    while time.time() < deadline and not any(p.name.isdigit() and int(p.name) >= 4
+                                             for p in (workdir / "checkpoints").glob("*")):
+        assert process.poll() is None, process.stdout.read().decode()[-2000:]
+        time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+    assert steps and steps[-1] >= 4, f"no checkpoint before the kill: {steps}"
+    resumed_from = steps[-1]
+
+    final = resumed_from + 4
+    result = subprocess.run([sys.executable, "-m", "slot_jax.main",
+                             *tiny_args(workdir, **{"train.num_steps": final, "train.checkpoint_every": 2,
+                                                    "train.eval_every": 1000})],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"trained steps {resumed_from}..{final}" in result.stdout
+    logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) == final
+    results = json.loads((workdir / "eval_results.json").read_text())
+    assert results["step"] == final and results["val/num_images"] == 16
+    for key in ("val/decoder/ari", "val/decoder/fg_ari", "val/decoder/mbo", "val/attention/fg_ari"):
+        assert -1.0 <= results[key] <= 1.0
+    for figure in ("val_reconstructions.png", "val_segmentation_decoder.png", "val_segmentation_attention.png",
+                   "loss_curves.png"):
+        assert (workdir / "figures" / figure).stat().st_size > 0
+
+    # Evaluation alone restores the latest checkpoint and gives the same numbers.
+    os.remove(workdir / "eval_results.json")
+    result = subprocess.run([sys.executable, "-m", "slot_jax.main", "--mode=eval",
+                             *tiny_args(workdir, **{"train.num_steps": final})],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    again = json.loads((workdir / "eval_results.json").read_text())
+    assert again["val/decoder/fg_ari"] == pytest.approx(results["val/decoder/fg_ari"], abs=1e-6)
+
+
+@pytest.fixture
+def trained_workdir(tmp_path, tiny_args, capsys):
+    workdir = tmp_path / "trained"
+    code, err = _run_cli(tiny_args(workdir, **{"train.num_steps": 2, "train.eval_every": 1000}), capsys)
+    assert code == 0, err
+    return workdir
+
+
+def test_checkpoint_from_another_config_is_refused_and_kept(trained_workdir, tiny_args, capsys):
+    before = _snapshot(trained_workdir / "checkpoints")
+    code, err = _run_cli(tiny_args(trained_workdir, **{"train.num_steps": 4, "model.num_slots": 3}), capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "different config" in err and "num_slots" in err and "--workdir" in err
+    assert _snapshot(trained_workdir / "checkpoints") == before
+
+
+def test_nan_loss_stops_with_an_error_and_saves_nothing(trained_workdir, tiny_args, capsys):
+    before = _snapshot(trained_workdir / "checkpoints")
+    results_before = (trained_workdir / "eval_results.json").read_text()
+    code, err = _run_cli(tiny_args(trained_workdir, **{"train.num_steps": 8, "train.learning_rate": 1e12,
+                                                       "train.checkpoint_every": 2}), capsys)
+    assert code == 2 and err.count("\n") == 1 and "NaN" in err and "learning_rate" in err
+    assert _snapshot(trained_workdir / "checkpoints") == before
+    assert (trained_workdir / "eval_results.json").read_text() == results_before
+
+
+def test_bad_workdirs_and_overrides_are_one_line_errors(tmp_path, tiny_args, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    cases = [
+        (tiny_args(blocker / "run"), "cannot create workdir"),
+        (tiny_args(blocker), "is not a directory"),
+        (tiny_args(tmp_path / "never_trained") + ["--mode=eval"], "does not exist"),
+        (tiny_args(tmp_path / "w", **{"train.num_steps": "ten"}), "expected an integer"),
+        (tiny_args(tmp_path / "w", **{"train.num_stepz": "10"}), "unknown config key"),
+        (tiny_args(tmp_path / "w", **{"data.global_batch_size": "6"}), "multiple of the 4 devices"),
+        (tiny_args(tmp_path / "w", **{"data.name": "clevr"}), "config.data.name"),
+        (tiny_args(tmp_path / "w", **{"model.decoder.strides": "(2, 1)"}), "broadcast_size"),
+    ]
+    for args, message in cases:
+        code, err = _run_cli(args, capsys)
+        assert code == 2, (args, err)
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "w").exists(), "a refused config must not create its workdir"

@@ -112,3 +112,21 @@ def test_bad_workdirs_and_overrides_are_one_line_errors(tmp_path, tiny_args, cap
         assert code == 2, (args, err)
         assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "w").exists(), "a refused config must not create its workdir"
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(trained_workdir, tiny_args, capsys):
+    latest = max((p for p in (trained_workdir / "checkpoints").iterdir() if p.name.isdigit()),
+                 key=lambda p: int(p.name))
+    for file in (latest / "state").rglob("*"):
+        if file.is_file():
+            file.write_bytes(file.read_bytes()[:7])  # truncated
+    code, err = _run_cli(tiny_args(trained_workdir, **{"train.num_steps": 2}) + ["--mode=eval"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(latest) in err and ("cannot be read" in err or "does not fit" in err)
+
+
+def test_a_failing_rerun_keeps_config_json(trained_workdir, tiny_args, capsys):
+    before = (trained_workdir / "config.json").read_text()
+    code, _ = _run_cli(tiny_args(trained_workdir, **{"train.num_steps": 8, "train.learning_rate": 1e12}), capsys)
+    assert code == 2
+    assert (trained_workdir / "config.json").read_text() == before

@@ -45,10 +45,18 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             architecture=ocp.args.JsonSave(architecture_of(config))))
 
+    def _unreadable(self, step, error) -> UserError:
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        return UserError(f"checkpoint {self.directory / str(step)} cannot be read ({reason}): "
+                         "delete that step's directory to fall back to an earlier one, or use a new --workdir")
+
     def check_architecture(self, config, step=None) -> None:
         step = self.latest_step() if step is None else step
-        saved = self.manager.restore(step, args=ocp.args.Composite(
-            architecture=ocp.args.JsonRestore()))["architecture"]
+        try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(
+                architecture=ocp.args.JsonRestore()))["architecture"]
+        except Exception as error:  # a truncated or foreign directory: any reader error means the same
+            raise self._unreadable(step, error) from None
         differences = list(_differences(saved, architecture_of(config)))
         if differences:
             raise UserError(
@@ -64,6 +72,8 @@ class Checkpointer:
         except (ValueError, KeyError) as error:
             raise UserError(f"checkpoint {self.directory / str(step)} does not fit this config "
                             f"({str(error).splitlines()[0][:200]}): use a new --workdir") from None
+        except Exception as error:
+            raise self._unreadable(step, error) from None
         return restored["state"]
 
     def wait(self) -> None:

@@ -30,8 +30,9 @@ def train(config, workdir) -> dict:
     else:
         state = experiment.init_state()
     start_step = int(jax.device_get(state.step))
-    if is_chief:
-        write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2))
+    config_file = workdir / "config.json"
+    if is_chief and not config_file.exists():  # a failing rerun must not replace the record; see below
+        write_atomically(config_file, config.to_json_best_effort(indent=2))
     writer = MetricWriter(workdir, enabled=is_chief)
     progress = Progress(config.train.num_steps, start_step, enabled=is_chief)
     batches = BatchIterator(experiment.info, "train", config.data.global_batch_size, config.data.seed,
@@ -67,6 +68,7 @@ def train(config, workdir) -> dict:
         batches.close()
         writer.close()
     if is_chief:
+        write_atomically(config_file, config.to_json_best_effort(indent=2))
         elapsed = time.perf_counter() - started
         print(f"trained steps {start_step}..{config.train.num_steps} in {elapsed:.0f} s", flush=True)
     results = evaluate(config, workdir, state=state)

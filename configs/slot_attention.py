@@ -42,6 +42,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.decoder.kernel_sizes = (5, 5, 5, 5, 5)
     c.model.decoder.strides = (2, 2, 2, 2, 1)
     c.model.decoder.output_kernel_size = 3
+    c.model.decoder.upsample = "auto"  # stride>1 layers: "transpose" (XLA native), "subpixel", or per backend
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 45 * 10_000 // 32

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import SHARED_REAL
 from slot_jax import main as cli
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
@@ -54,6 +55,9 @@ def test_train_kill_resume_evaluate(tmp_path, tiny_args):
     assert results["step"] == final and results["val/num_images"] == 16
     for key in ("val/decoder/ari", "val/decoder/fg_ari", "val/decoder/mbo", "val/attention/fg_ari"):
         assert -1.0 <= results[key] <= 1.0
+    if (SHARED_REAL / "tetrominoes_efficientmorl").exists():  # the 10 real samples are scored too
+        assert results["real/num_images"] == 10 and -1.0 <= results["real/decoder/fg_ari"] <= 1.0
+        assert (workdir / "figures" / "real_reconstructions.png").stat().st_size > 0
     for figure in ("val_reconstructions.png", "val_segmentation_decoder.png", "val_segmentation_attention.png",
                    "loss_curves.png"):
         assert (workdir / "figures" / figure).stat().st_size > 0

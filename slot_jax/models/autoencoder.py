@@ -56,6 +56,7 @@ def build_autoencoder(model_config) -> SlotAutoencoder:
             kernel_sizes=tuple(m.decoder.kernel_sizes),
             strides=tuple(m.decoder.strides),
             output_kernel_size=m.decoder.output_kernel_size,
+            upsample=m.decoder.upsample,
         ),
     )
 

@@ -6,6 +6,17 @@ import jax
 import jax.numpy as jnp
 
 from slot_jax.models.layers import SoftPositionEmbed
+from slot_jax.models.upsample import SubpixelConvTranspose
+
+UPSAMPLE_IMPLS = ("auto", "transpose", "subpixel")
+
+
+def resolve_upsample(impl: str) -> str:
+    """'auto' keeps XLA's native transposed convolution where it is fast (GPU, TPU) and uses the
+    exact sub-pixel formulation on the CPU, where input-dilated convolutions are very slow."""
+    if impl == "auto":
+        return "subpixel" if jax.default_backend() == "cpu" else "transpose"
+    return impl
 
 
 class SpatialBroadcastDecoder(nn.Module):
@@ -22,6 +33,7 @@ class SpatialBroadcastDecoder(nn.Module):
     kernel_sizes: Sequence[int] = (5, 5, 5, 5, 5)
     strides: Sequence[int] = (2, 2, 2, 2, 1)
     output_kernel_size: int = 3
+    upsample: str = "auto"  # see UPSAMPLE_IMPLS; all compute the same function with the same params
 
     def output_size(self) -> tuple[int, int]:
         scale = 1
@@ -36,11 +48,14 @@ class SpatialBroadcastDecoder(nn.Module):
         x = jnp.broadcast_to(slots.reshape(batch * num_slots, 1, 1, slot_size),
                              (batch * num_slots, height, width, slot_size))
         x = SoftPositionEmbed()(x)
-        for features, kernel, stride in zip(self.channels, self.kernel_sizes, self.strides, strict=True):
+        upsample = {"transpose": nn.ConvTranspose, "subpixel": SubpixelConvTranspose}[resolve_upsample(self.upsample)]
+        layers = zip(self.channels, self.kernel_sizes, self.strides, strict=True)
+        for i, (features, kernel, stride) in enumerate(layers):
             if stride == 1:
-                x = nn.Conv(features, (kernel, kernel), padding="SAME")(x)
-            else:
-                x = nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride), padding="SAME")(x)
+                x = nn.Conv(features, (kernel, kernel), padding="SAME", name=f"conv_{i}")(x)
+            else:  # named alike whatever the implementation, so checkpoints move between backends
+                x = upsample(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                             name=f"conv_{i}")(x)
             x = nn.relu(x)
         kernel = self.output_kernel_size
         x = nn.Conv(4, (kernel, kernel), padding="SAME", name="output")(x)

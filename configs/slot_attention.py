@@ -45,7 +45,8 @@ def _base() -> ml_collections.ConfigDict:
     c.model.decoder.upsample = "auto"  # stride>1 layers: "transpose" (XLA native), "subpixel", or per backend
 
     c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 45 * 10_000 // 32
+    steps_per_epoch = -(-c.data.epoch_size // c.data.global_batch_size)  # 313
+    c.train.num_steps = 45 * steps_per_epoch
     c.train.learning_rate = 1e-4
     c.train.schedule = "plateau"  # "plateau", "warmup_exp_decay", "warmup_cosine" or "constant"
     c.train.warmup_steps = 10_000
@@ -57,7 +58,7 @@ def _base() -> ml_collections.ConfigDict:
     c.train.min_learning_rate = 1e-7
     c.train.grad_clip_norm = 0.0  # 0 disables clipping
     c.train.log_every = 50
-    c.train.eval_every = 10_000 // 32  # one epoch; drives the plateau schedule
+    c.train.eval_every = steps_per_epoch  # one epoch; drives the plateau schedule
     c.train.checkpoint_every = 1_000
     c.train.keep_checkpoints = 3
 

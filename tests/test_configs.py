@@ -44,4 +44,6 @@ def test_report_variant_matches_the_report():
     assert tuple(config.model.encoder.strides) == (1, 2, 2, 1)
     assert (config.train.learning_rate, config.data.global_batch_size, config.train.schedule) == (1e-4, 32, "plateau")
     assert (config.train.plateau_factor, config.train.plateau_patience, config.train.min_learning_rate) == (0.1, 3, 1e-7)
-    assert config.train.num_steps * config.data.global_batch_size == 45 * config.data.epoch_size
+    steps_per_epoch = -(-config.data.epoch_size // config.data.global_batch_size)
+    assert config.train.eval_every == steps_per_epoch  # the plateau rule acts once an epoch
+    assert config.train.num_steps == 45 * steps_per_epoch

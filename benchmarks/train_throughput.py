@@ -1,0 +1,264 @@
+"""Train-step throughput: slot_jax's jitted step against a PyTorch eager twin of the same model.
+
+    python benchmarks/train_throughput.py [--models small64,report128] [--batches 8,32]
+        [--rounds 2] [--steps 5] [--jax_variants subpixel,transpose] [--dtype float32]
+
+Each measurement runs in its own subprocess (so peak memory is that framework's alone), the
+frameworks alternate, every step is timed after warm-up, and the median is kept. A float32
+matmul measured in the same run gives the machine's peak. Prints a table and appends one JSON
+line with the machine to benchmarks/results/train_throughput.jsonl.
+"""
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results" / "train_throughput.jsonl"
+CONFIG = REPO / "configs" / "slot_attention.py"
+
+# name -> (config variant, overrides): the two models of issue #3's table.
+MODELS = {
+    "small64": ("multi_dsprites", {
+        "model.num_slots": "7", "model.encoder.strides": "(1, 2, 2, 1)",
+        "model.decoder.broadcast_size": "(8, 8)", "model.decoder.channels": "(32, 32, 32)",
+        "model.decoder.kernel_sizes": "(5, 5, 5)", "model.decoder.strides": "(2, 2, 2)"}),
+    "report128": ("report", {}),
+}
+
+
+def model_config(name: str, upsample: str = "auto"):
+    sys.path.insert(0, str(REPO))
+    from slot_jax.config_loader import config_from_args
+    variant, overrides = MODELS[name]
+    return config_from_args(f"{CONFIG}:{variant}", {**overrides, "model.decoder.upsample": upsample})
+
+
+def image_size(config):
+    from slot_jax.data.builtin import get_dataset
+    return get_dataset(config.data.name).image_size
+
+
+def forward_flops(config) -> float:
+    """Multiply-adds x 2 of one image's forward pass, counting the useful work of every layer
+    (a transposed convolution counts input pixels x k^2 x C_in x C_out, not its zeros)."""
+    m, e, d = config.model, config.model.encoder, config.model.decoder
+    h, w = image_size(config)
+    flops, c_in = 0.0, 3
+    for c_out, k, s in zip(e.channels, e.kernel_sizes, e.strides):
+        h, w = -(-h // s), -(-w // s)
+        flops += 2 * h * w * k * k * c_in * c_out
+        c_in = c_out
+    n = h * w
+    widths = [c_in, *e.mlp_features]
+    flops += sum(2 * n * a * b for a, b in zip(widths, widths[1:]))
+    D, K, H = m.slot_size, m.num_slots, m.mlp_hidden
+    flops += 2 * 2 * n * widths[-1] * D  # keys, values
+    per_iteration = 2 * K * D * D + 2 * 2 * K * n * D + 2 * K * 6 * D * D + 2 * K * 2 * D * H
+    flops += m.num_iterations * per_iteration
+    bh, bw = d.broadcast_size
+    c_in, per_slot = D, 0.0
+    for c_out, k, s in zip(d.channels, d.kernel_sizes, d.strides):
+        per_slot += 2 * bh * bw * k * k * c_in * c_out  # at the input resolution
+        bh, bw, c_in = bh * s, bw * s, c_out
+    per_slot += 2 * bh * bw * d.output_kernel_size ** 2 * c_in * 4
+    return flops + K * per_slot
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------- workers
+
+def jax_worker(args) -> dict:
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from slot_jax.models.autoencoder import build_autoencoder
+    from slot_jax.training.optimizer import build_optimizer
+    from slot_jax.training.state import create_train_state
+    from slot_jax.training.step import train_step
+
+    config = model_config(args.model, args.jax_variant)
+    config.train.schedule, config.train.learning_rate = "constant", 4e-4
+    size = image_size(config)
+    model, optimizer = build_autoencoder(config.model), build_optimizer(config.train)
+    state = jax.jit(functools.partial(create_train_state, model, optimizer, (1, *size, 3)))(jax.random.PRNGKey(0))
+    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer), donate_argnums=0)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (args.batch, *size, 3), dtype=np.uint8))}
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics["loss"])
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return {"times": times, "loss": float(metrics["loss"])}
+
+
+def torch_worker(args) -> dict:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from torch_twin import SlotAutoencoder
+
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    config = model_config(args.model)
+    size = image_size(config)
+    model = SlotAutoencoder(config.model, size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (args.batch, 3, *size), dtype=np.uint8))
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        image = images.float() / 255.0
+        loss = torch.mean((model(image) - image) ** 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return {"times": times, "loss": float(loss)}
+
+
+def matmul_worker(args) -> dict:
+    n = 2048
+    if args.framework == "jax":
+        import jax
+        import jax.numpy as jnp
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+        f = jax.jit(lambda x: x @ x)
+        run = lambda: jax.block_until_ready(f(a))
+    else:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+        a = torch.randn(n, n)
+        run = lambda: a @ a
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"gflops": 2 * n ** 3 / statistics.median(times) / 1e9}
+
+
+def worker_main(args) -> None:
+    if args.matmul:
+        result = matmul_worker(args)
+    elif args.framework == "jax":
+        result = jax_worker(args)
+    else:
+        result = torch_worker(args)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------------------- driver
+
+def run_worker(*extra) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", *extra], capture_output=True, text=True,
+                         cwd=REPO, timeout=3600)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"worker {extra} failed:\n{out.stderr[-3000:]}")
+
+
+def machine() -> dict:
+    import jax
+    info = {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+            "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()]}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--matmul", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--framework", default="jax", choices=("jax", "torch"))
+    parser.add_argument("--model", default="small64", choices=tuple(MODELS))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--jax_variant", default="subpixel")
+    parser.add_argument("--models", default="small64,report128")
+    parser.add_argument("--batches", default="8,32")
+    parser.add_argument("--jax_variants", default="subpixel",
+                        help="decoder upsampling implementations to time: subpixel, transpose")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return 0
+
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    peaks = {fw: run_worker("--matmul", "--framework", fw)["gflops"] for fw in ("jax", "torch")}
+    print(f"float32 2048^3 matmul: jax {peaks['jax']:.0f} GFLOP/s, torch {peaks['torch']:.0f} GFLOP/s")
+    rows = []
+    for name in args.models.split(","):
+        flops = 3 * forward_flops(model_config(name))  # forward + backward ~ 3x forward
+        for batch in map(int, args.batches.split(",")):
+            times = {}
+            entries = [("torch", "torch")] + [(f"jax/{v}", v) for v in args.jax_variants.split(",")]
+            for round_index in range(args.rounds):
+                order = entries if round_index % 2 == 0 else entries[::-1]
+                for label, variant in order:
+                    framework = "torch" if label == "torch" else "jax"
+                    result = run_worker("--framework", framework, "--model", name, "--batch", str(batch),
+                                        "--jax_variant", variant, *common)
+                    slot = times.setdefault(label, {"times": [], "peak_rss_mb": 0.0})
+                    slot["times"] += result["times"]
+                    slot["peak_rss_mb"] = max(slot["peak_rss_mb"], result["peak_rss_mb"])
+            torch_s = statistics.median(times["torch"]["times"])
+            for label, slot in times.items():
+                seconds = statistics.median(slot["times"])
+                gflops = flops * batch / seconds / 1e9
+                peak = peaks["torch" if label == "torch" else "jax"]
+                rows.append({"model": name, "batch": batch, "impl": label, "s_per_step": seconds,
+                             "images_per_s": batch / seconds, "vs_torch": torch_s / seconds,
+                             "gflops": gflops, "pct_matmul_peak": 100 * gflops / peak,
+                             "peak_rss_mb": slot["peak_rss_mb"], "step_gflop": flops * batch / 1e9})
+    print(f"{'model':10} {'batch':>5} {'impl':14} {'s/step':>8} {'img/s':>8} {'x torch':>8} "
+          f"{'GFLOP/s':>8} {'% peak':>7} {'RSS MB':>8}")
+    for r in rows:
+        print(f"{r['model']:10} {r['batch']:>5} {r['impl']:14} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
+              f"{r['vs_torch']:>8.2f} {r['gflops']:>8.1f} {r['pct_matmul_peak']:>7.1f} {r['peak_rss_mb']:>8.0f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as file:
+        file.write(json.dumps({
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=REPO).stdout.strip(),
+            "machine": machine(), "matmul_gflops": peaks, "steps": args.steps, "rounds": args.rounds,
+            "rows": rows}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -110,6 +110,21 @@ def save_segmentation(path, images, pred_ids, true_ids, max_rows: int = 8, min_c
     return save_image_grid(path, tiles.reshape(-1, *tiles.shape[2:]), ncols=3, min_cell=min_cell)
 
 
+def save_slot_masks(path, images, masks, attention=None, max_rows: int = 8, min_cell: int = 1):
+    """Rows of: input | each slot's decoder mask (grey, white = 1) [| each slot's attention].
+
+    masks, attention: [B, K, H, W] (or [B, K, H, W, 1]) with values in [0, 1].
+    """
+    rows = min(len(images), max_rows)
+    columns = [_to_float_rgb(images[:rows])[:, None]]
+    for group in (masks, attention):
+        if group is not None:
+            grey = np.clip(_masks_without_channel(group[:rows]), 0.0, 1.0)
+            columns.append(np.repeat(grey[..., None], 3, axis=-1))
+    tiles = np.concatenate(columns, axis=1)
+    return save_image_grid(path, tiles.reshape(-1, *tiles.shape[2:]), ncols=tiles.shape[1], min_cell=min_cell)
+
+
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

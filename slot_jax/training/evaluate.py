@@ -96,8 +96,11 @@ def write_figures(directory: pathlib.Path, batch: dict, outputs: dict, *, prefix
     recons = np.clip(outputs["recon"], 0.0, 1.0)
     figures.save_reconstructions(directory / f"{prefix}_reconstructions.png", images, recons,
                                  outputs["masks"], np.clip(outputs["slot_images"], 0.0, 1.0), min_cell=FIGURE_CELL)
+    upsampled_attention = np.asarray(attention_masks(outputs["attn"], images.shape[1:3]))
+    figures.save_slot_masks(directory / f"{prefix}_slot_masks.png", images, outputs["masks"], upsampled_attention,
+                            min_cell=FIGURE_CELL)
     decoder_ids = np.argmax(outputs["masks"][..., 0], axis=1)
-    attention_ids = np.argmax(np.asarray(attention_masks(outputs["attn"], images.shape[1:3])), axis=1)
+    attention_ids = np.argmax(upsampled_attention, axis=1)
     for source, ids in (("decoder", decoder_ids), ("attention", attention_ids)):
         figures.save_segmentation(directory / f"{prefix}_segmentation_{source}.png", images, ids, batch["mask"],
                                   min_cell=FIGURE_CELL)

@@ -92,3 +92,16 @@ def test_small_images_are_enlarged_pixel_exactly(tmp_path):
     pad_top, pad_left = np.argwhere(np.any(image != image[0, 0], axis=-1))[0]
     block = image[pad_top:pad_top + 3, pad_left:pad_left + 3]
     assert (block == block[0, 0]).all()
+
+
+def test_slot_masks_show_each_slot_in_grey(tmp_path):
+    rng = np.random.default_rng(4)
+    images = rng.random((3, 12, 12, 3))
+    masks = rng.dirichlet(np.ones(4), (3, 12, 12)).transpose(0, 3, 1, 2)
+    path = figures.save_slot_masks(tmp_path / "masks.png", images, masks, attention=masks[..., None])
+    assert_grid_size(open_png(path), nrows=3, ncols=1 + 4 + 4, tile_h=12, tile_w=12)
+    pixels = np.asarray(open_png(path)).astype(int)
+    # the first mask tile of row 0 is grey: equal channels, matching the mask values
+    tile = pixels[2:14, 2 + 14:14 + 14]
+    assert (tile[..., 0] == tile[..., 1]).all() and (tile[..., 1] == tile[..., 2]).all()
+    np.testing.assert_allclose(tile[..., 0] / 255, masks[0, 0], atol=1 / 255)

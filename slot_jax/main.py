@@ -13,7 +13,9 @@ MODES = ("train", "eval")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m slot_jax.main", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m slot_jax.main", description="Train or evaluate a slot_jax model.",
+        epilog="Override any config value with --config.KEY=VALUE, e.g. --config.train.num_steps=2000.")
     parser.add_argument("--config", required=True, help="configs/NAME.py[:variant]")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics, figures and results go here")
     parser.add_argument("--mode", default="train", choices=MODES,

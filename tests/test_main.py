@@ -134,3 +134,20 @@ def test_a_failing_rerun_keeps_config_json(trained_workdir, tiny_args, capsys):
     code, _ = _run_cli(tiny_args(trained_workdir, **{"train.num_steps": 8, "train.learning_rate": 1e12}), capsys)
     assert code == 2
     assert (trained_workdir / "config.json").read_text() == before
+
+
+def test_plateau_schedule_cuts_the_learning_rate_after_bad_evaluations_and_resumes(tmp_path, tiny_args, capsys):
+    workdir = tmp_path / "plateau"
+    # threshold 1 means no evaluation ever counts as an improvement; patience 0 cuts at once.
+    settings = {"train.schedule": "plateau", "train.learning_rate": 1e-3, "train.eval_every": 2,
+                "train.plateau_patience": 0, "train.plateau_threshold": 1.0, "train.checkpoint_every": 2,
+                "train.min_learning_rate": 1e-6}
+    code, err = _run_cli(tiny_args(workdir, **{**settings, "train.num_steps": 4}), capsys)
+    assert code == 0, err
+    code, err = _run_cli(tiny_args(workdir, **{**settings, "train.num_steps": 8}), capsys)  # resumes at 4
+    assert code == 0, err
+    rates = {r["step"]: r["learning_rate"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+             if "learning_rate" in r}
+    # logged before each step's evaluation: 1e-3, then x0.1 per evaluation, floored at 1e-6
+    assert rates[2] == pytest.approx(1e-3) and rates[4] == pytest.approx(1e-4)
+    assert rates[6] == pytest.approx(1e-5) and rates[8] == pytest.approx(1e-6)

@@ -114,10 +114,13 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(config, workdir, *, state=None) -> dict:
-    """Scores the latest checkpoint (or `state`) and writes eval_results.json and figures/."""
+def evaluate(config, workdir, *, state=None, experiment=None) -> dict:
+    """Scores the latest checkpoint (or `state`) and writes eval_results.json and figures/.
+
+    Training passes its own `experiment` so the jitted steps are not built and compiled twice.
+    """
     workdir = prepare_workdir(workdir, create=False)
-    experiment = Experiment(config)
+    experiment = experiment or Experiment(config)
     if state is None:
         checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
         if checkpointer.latest_step() is None:

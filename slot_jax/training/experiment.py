@@ -12,7 +12,7 @@ from slot_jax.errors import UserError
 from slot_jax.models.autoencoder import build_autoencoder
 from slot_jax.models.decoder import UPSAMPLE_IMPLS
 from slot_jax.training import mesh as mesh_lib
-from slot_jax.training.optimizer import SCHEDULES, build_optimizer
+from slot_jax.training.optimizer import SCHEDULES, build_optimizer, build_schedule
 from slot_jax.training.state import create_train_state
 from slot_jax.training.step import eval_step, train_step
 
@@ -33,8 +33,8 @@ def check_config(config, info, num_devices: int) -> None:
             raise UserError(message)
 
     t, m = config.train, config.model
-    for key in ("data.global_batch_size", "eval.batch_size"):
-        value = config[key.split(".")[0]][key.split(".")[1]]
+    for key, value in (("data.global_batch_size", config.data.global_batch_size),
+                       ("eval.batch_size", config.eval.batch_size)):
         require(value > 0 and value % num_devices == 0,
                 f"config.{key}={value} must be a positive multiple of the {num_devices} devices")
     require(t.num_steps > 0, f"config.train.num_steps={t.num_steps} must be positive")
@@ -93,6 +93,7 @@ class Experiment:
         check_config(config, self.info, self.mesh.size)
         self.model = build_autoencoder(config.model)
         self.optimizer = build_optimizer(config.train)
+        self.schedule = build_schedule(config.train)  # for logging; the optimizer holds its own copy
         self.image_shape = (1, *self.info.image_size, 3)
         repl, data = mesh_lib.replicated(self.mesh), mesh_lib.data_sharded(self.mesh)
         self._init = jax.jit(functools.partial(create_train_state, self.model, self.optimizer, self.image_shape),

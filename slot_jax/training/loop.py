@@ -10,7 +10,7 @@ from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.evaluate import evaluate, evaluate_real_samples, run_validation
 from slot_jax.training.experiment import Experiment, prepare_workdir, write_atomically
-from slot_jax.training.optimizer import Plateau, build_schedule, plateau_step
+from slot_jax.training.optimizer import Plateau, plateau_step
 from slot_jax.training.writers import MetricWriter, Progress
 
 
@@ -52,7 +52,7 @@ def train(config, workdir) -> dict:
                     raise UserError(f"loss became NaN/inf before step {step} (nothing saved after step "
                                     f"{checkpointer.latest_step()}): lower config.train.learning_rate or set "
                                     "config.train.grad_clip_norm")
-                scalars["learning_rate"] = learning_rate_at(config, step, float(state.lr_scale))
+                scalars["learning_rate"] = float(experiment.schedule(step)) * float(state.lr_scale)
                 progress.update(step, {"loss": scalars["loss"]})
                 writer.write(step, scalars)
             if step % config.train.eval_every == 0:
@@ -71,13 +71,9 @@ def train(config, workdir) -> dict:
         write_atomically(config_file, config.to_json_best_effort(indent=2))
         elapsed = time.perf_counter() - started
         print(f"trained steps {start_step}..{config.train.num_steps} in {elapsed:.0f} s", flush=True)
-    results = evaluate(config, workdir, state=state)
+    results = evaluate(config, workdir, state=state, experiment=experiment)
     checkpointer.close()
     return results
-
-
-def learning_rate_at(config, step: int, lr_scale: float) -> float:
-    return float(build_schedule(config.train)(step)) * lr_scale
 
 
 def apply_plateau(config, state, val_loss: float):

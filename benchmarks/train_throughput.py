@@ -141,7 +141,6 @@ def matmul_worker(args) -> dict:
     n = 2048
     if args.framework == "jax":
         import jax
-        import jax.numpy as jnp
         a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
         f = jax.jit(lambda x: x @ x)
         run = lambda: jax.block_until_ready(f(a))

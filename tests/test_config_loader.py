@@ -1,11 +1,8 @@
-import pathlib
-
 import pytest
 
+from conftest import SA_CONFIG
 from slot_jax.config_loader import apply_override, config_from_args, load_config
 from slot_jax.errors import UserError
-
-SA_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "slot_attention.py"
 
 
 def test_overrides_parse_to_the_keys_types():

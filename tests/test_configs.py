@@ -1,11 +1,11 @@
 """Every config variant builds: its model and train state are traced with eval_shape."""
 import functools
 import importlib.util
-import pathlib
 
 import jax
 import pytest
 
+from conftest import SA_CONFIG
 from slot_jax.config_loader import load_config
 from slot_jax.data.builtin import get_dataset
 from slot_jax.models.autoencoder import build_autoencoder
@@ -13,7 +13,6 @@ from slot_jax.training.experiment import check_config
 from slot_jax.training.optimizer import build_optimizer
 from slot_jax.training.state import create_train_state
 
-SA_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "slot_attention.py"
 _spec = importlib.util.spec_from_file_location("sa_config", SA_CONFIG)
 _module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_module)

@@ -95,6 +95,22 @@ class BatchIterator:
         self.close()
 
 
+def pad_batch(batch: Batch, batch_size: int) -> Batch:
+    """Zero-pads a batch of at most `batch_size` examples and adds `valid` bool [batch_size]."""
+    count = len(next(iter(batch.values())))
+    if count < batch_size:
+        batch = {key: np.concatenate([value, np.zeros((batch_size - count, *value.shape[1:]), value.dtype)])
+                 for key, value in batch.items()}
+    return {**batch, "valid": np.arange(batch_size) < count}
+
+
+def batches_of(examples: Batch, batch_size: int) -> Iterator[Batch]:
+    """Fixed-size, padded batches over in-memory examples (e.g. the real samples)."""
+    count = len(next(iter(examples.values())))
+    for start in range(0, count, batch_size):
+        yield pad_batch({k: v[start:start + batch_size] for k, v in examples.items()}, batch_size)
+
+
 def eval_batches(info: DatasetInfo, split: str, num_examples: int, batch_size: int, seed: int) -> Iterator[Batch]:
     """Examples [0, num_examples) of a split in fixed batches; the last one is zero-padded.
 
@@ -104,11 +120,4 @@ def eval_batches(info: DatasetInfo, split: str, num_examples: int, batch_size: i
         raise ValueError(f"need batch_size > 0 and num_examples >= 0, got {batch_size} and {num_examples}")
     for start in range(0, num_examples, batch_size):
         count = min(batch_size, num_examples - start)
-        batch = info.generate(seed, split, start, count)
-        if count < batch_size:
-            batch = {
-                key: np.concatenate([value, np.zeros((batch_size - count, *value.shape[1:]), value.dtype)])
-                for key, value in batch.items()
-            }
-        batch["valid"] = np.arange(batch_size) < count
-        yield batch
+        yield pad_batch(info.generate(seed, split, start, count), batch_size)

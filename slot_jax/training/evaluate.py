@@ -6,10 +6,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from slot_jax.data.pipeline import eval_batches
+from slot_jax.data.pipeline import batches_of, eval_batches
 from slot_jax.data.real import load_real_samples
 from slot_jax.errors import UserError
 from slot_jax.evaluation import figures
+from slot_jax.models.autoencoder import attention_masks
 from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.experiment import Experiment, prepare_workdir, write_atomically
@@ -63,17 +64,6 @@ def run_validation(experiment, params, *, keep_outputs: int = 0):
     return summarise(per_example, "val"), outputs, batch
 
 
-def _padded_batches(samples: dict, batch_size: int):
-    count = len(samples["image"])
-    for start in range(0, count, batch_size):
-        chunk = {k: v[start:start + batch_size] for k, v in samples.items()}
-        real = len(chunk["image"])
-        pad = batch_size - real
-        chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v for k, v in chunk.items()}
-        chunk["valid"] = np.arange(batch_size) < real
-        yield chunk
-
-
 def evaluate_real_samples(experiment, params, *, keep_outputs: int = 0):
     """Scores the real samples of the dataset the model was trained on, when they are present."""
     name = REAL_SAMPLES.get(experiment.config.data.name)
@@ -83,14 +73,12 @@ def evaluate_real_samples(experiment, params, *, keep_outputs: int = 0):
         samples = load_real_samples(name)
     except FileNotFoundError as error:
         return {"real/skipped": str(error)}, None, None
-    batches = _padded_batches(samples, experiment.config.eval.batch_size)
+    batches = batches_of(samples, experiment.config.eval.batch_size)
     per_example, outputs, batch = score_batches(experiment, params, batches, keep_outputs=keep_outputs)
     return summarise(per_example, "real"), outputs, batch
 
 
 def write_figures(directory: pathlib.Path, batch: dict, outputs: dict, *, prefix: str = "val") -> None:
-    from slot_jax.models.autoencoder import attention_masks
-
     directory.mkdir(parents=True, exist_ok=True)
     images = batch["image"].astype(np.float32) / 255.0
     recons = np.clip(outputs["recon"], 0.0, 1.0)

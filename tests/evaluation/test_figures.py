@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from slot_jax.evaluation import figures

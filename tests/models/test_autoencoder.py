@@ -1,17 +1,14 @@
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import SA_CONFIG
 from slot_jax.config_loader import load_config
 from slot_jax.models.autoencoder import attention_masks, build_autoencoder, reconstruction_loss
 from slot_jax.models.decoder import SpatialBroadcastDecoder
 from slot_jax.models.encoder import CNNEncoder
 from slot_jax.models.layers import position_grid
-
-SA_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "slot_attention.py"
 
 
 def test_position_grid_holds_distances_to_the_four_borders():

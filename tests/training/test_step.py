@@ -1,23 +1,17 @@
 """The jitted train step: data parallelism changes nothing, and bad steps change nothing."""
-import pathlib
 
 import jax
 import numpy as np
-import pytest
 
+from conftest import SA_CONFIG, TINY_OVERRIDES
 from slot_jax.config_loader import config_from_args
 from slot_jax.data.pipeline import BatchIterator
 from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.experiment import Experiment
 
-SA_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "slot_attention.py"
-TINY = {"data.global_batch_size": "8", "model.slot_size": "16", "model.mlp_hidden": "16",
-        "model.encoder.channels": "(8, 8, 8, 8)", "model.encoder.mlp_features": "(16, 16)",
-        "model.decoder.channels": "(8, 8)", "train.warmup_steps": "1", "eval.batch_size": "8"}
-
 
 def tiny_config(**extra):
-    return config_from_args(f"{SA_CONFIG}:quick", {**TINY, **{k: str(v) for k, v in extra.items()}})
+    return config_from_args(f"{SA_CONFIG}:quick", {**TINY_OVERRIDES, **{k: str(v) for k, v in extra.items()}})
 
 
 def _two_steps(devices):

@@ -30,9 +30,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small64")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--upsample", default="auto")
+    parser.add_argument("--variant", default="auto/auto", help="UPSAMPLE/CONV_IMPL, as in train_throughput.py")
     args = parser.parse_args(argv)
-    config = model_config(args.model, args.upsample)
+    config = model_config(args.model, args.variant)
     model = build_autoencoder(config.model)
     m = config.model
     image = jax.random.uniform(jax.random.PRNGKey(0), (args.batch, *image_size(config), 3))

@@ -1,7 +1,7 @@
 """Train-step throughput: slot_jax's jitted step against a PyTorch eager twin of the same model.
 
     python benchmarks/train_throughput.py [--models small64,report128] [--batches 8,32]
-        [--rounds 2] [--steps 5] [--jax_variants subpixel,transpose] [--dtype float32]
+        [--rounds 2] [--steps 5] [--jax_variants subpixel/native,auto/auto]
 
 Each measurement runs in its own subprocess (so peak memory is that framework's alone), the
 frameworks alternate, every step is timed after warm-up, and the median is kept. A float32
@@ -24,6 +24,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "train_throughput.jsonl"
 CONFIG = REPO / "configs" / "slot_attention.py"
+sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 
 # name -> (config variant, overrides): the two models of issue #3's table.
 MODELS = {
@@ -35,11 +36,14 @@ MODELS = {
 }
 
 
-def model_config(name: str, upsample: str = "auto"):
-    sys.path.insert(0, str(REPO))
+def model_config(name: str, jax_variant: str = "auto/auto"):
+    """`jax_variant` is "UPSAMPLE/CONV_IMPL", e.g. "subpixel/native" (see model.decoder.upsample and
+    model.conv_impl); a bare "UPSAMPLE" keeps conv_impl=auto."""
     from slot_jax.config_loader import config_from_args
+    upsample, _, conv_impl = jax_variant.partition("/")
     variant, overrides = MODELS[name]
-    return config_from_args(f"{CONFIG}:{variant}", {**overrides, "model.decoder.upsample": upsample})
+    return config_from_args(f"{CONFIG}:{variant}", {
+        **overrides, "model.decoder.upsample": upsample, "model.conv_impl": conv_impl or "auto"})
 
 
 def image_size(config):
@@ -203,11 +207,12 @@ def main(argv=None) -> int:
     parser.add_argument("--framework", default="jax", choices=("jax", "torch"))
     parser.add_argument("--model", default="small64", choices=tuple(MODELS))
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--jax_variant", default="subpixel")
+    parser.add_argument("--jax_variant", default="auto/auto")
     parser.add_argument("--models", default="small64,report128")
     parser.add_argument("--batches", default="8,32")
-    parser.add_argument("--jax_variants", default="subpixel",
-                        help="decoder upsampling implementations to time: subpixel, transpose")
+    parser.add_argument("--jax_variants", default="subpixel/native,auto/auto",
+                        help="comma-separated UPSAMPLE/CONV_IMPL pairs to time, e.g. transpose/native, "
+                             "subpixel/im2col, auto/auto (the default the configs use)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -243,10 +248,10 @@ def main(argv=None) -> int:
                              "images_per_s": batch / seconds, "vs_torch": torch_s / seconds,
                              "gflops": gflops, "pct_matmul_peak": 100 * gflops / peak,
                              "peak_rss_mb": slot["peak_rss_mb"], "step_gflop": flops * batch / 1e9})
-    print(f"{'model':10} {'batch':>5} {'impl':14} {'s/step':>8} {'img/s':>8} {'x torch':>8} "
+    print(f"{'model':10} {'batch':>5} {'impl':18} {'s/step':>8} {'img/s':>8} {'x torch':>8} "
           f"{'GFLOP/s':>8} {'% peak':>7} {'RSS MB':>8}")
     for r in rows:
-        print(f"{r['model']:10} {r['batch']:>5} {r['impl']:14} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
+        print(f"{r['model']:10} {r['batch']:>5} {r['impl']:18} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
               f"{r['vs_torch']:>8.2f} {r['gflops']:>8.1f} {r['pct_matmul_peak']:>7.1f} {r['peak_rss_mb']:>8.0f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as file:

@@ -41,6 +41,7 @@ def build_autoencoder(model_config) -> SlotAutoencoder:
             kernel_sizes=tuple(m.encoder.kernel_sizes),
             strides=tuple(m.encoder.strides),
             mlp_features=tuple(m.encoder.mlp_features),
+            conv_impl=m.conv_impl,
         ),
         slot_init=initialisers[m.slot_init](m.num_slots, m.slot_size),
         slot_attention=SlotAttention(
@@ -57,6 +58,7 @@ def build_autoencoder(model_config) -> SlotAutoencoder:
             strides=tuple(m.decoder.strides),
             output_kernel_size=m.decoder.output_kernel_size,
             upsample=m.decoder.upsample,
+            conv_impl=m.conv_impl,
         ),
     )
 

@@ -1,10 +1,12 @@
 """Spatial broadcast decoder: each slot is painted on its own canvas, masks compete per pixel."""
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from slot_jax.models.conv import Conv
 from slot_jax.models.layers import SoftPositionEmbed
 from slot_jax.models.upsample import SubpixelConvTranspose
 
@@ -34,6 +36,7 @@ class SpatialBroadcastDecoder(nn.Module):
     strides: Sequence[int] = (2, 2, 2, 2, 1)
     output_kernel_size: int = 3
     upsample: str = "auto"  # see UPSAMPLE_IMPLS; all compute the same function with the same params
+    conv_impl: str = "auto"  # lowering of every convolution, see slot_jax.models.conv.CONV_IMPLS
 
     def output_size(self) -> tuple[int, int]:
         scale = 1
@@ -48,17 +51,19 @@ class SpatialBroadcastDecoder(nn.Module):
         x = jnp.broadcast_to(slots.reshape(batch * num_slots, 1, 1, slot_size),
                              (batch * num_slots, height, width, slot_size))
         x = SoftPositionEmbed()(x)
-        upsample = {"transpose": nn.ConvTranspose, "subpixel": SubpixelConvTranspose}[resolve_upsample(self.upsample)]
+        upsample = {"transpose": nn.ConvTranspose,
+                    "subpixel": functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl),
+                    }[resolve_upsample(self.upsample)]
         layers = zip(self.channels, self.kernel_sizes, self.strides, strict=True)
         for i, (features, kernel, stride) in enumerate(layers):
             if stride == 1:
-                x = nn.Conv(features, (kernel, kernel), padding="SAME", name=f"conv_{i}")(x)
+                x = Conv(features, (kernel, kernel), padding="SAME", impl=self.conv_impl, name=f"conv_{i}")(x)
             else:  # named alike whatever the implementation, so checkpoints move between backends
                 x = upsample(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                              name=f"conv_{i}")(x)
             x = nn.relu(x)
         kernel = self.output_kernel_size
-        x = nn.Conv(4, (kernel, kernel), padding="SAME", name="output")(x)
+        x = Conv(4, (kernel, kernel), padding="SAME", impl=self.conv_impl, name="output")(x)
         x = x.reshape(batch, num_slots, *x.shape[1:])
         slot_images, mask_logits = x[..., :3], x[..., 3:]
         masks = jax.nn.softmax(mask_logits, axis=1)

@@ -4,6 +4,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from slot_jax.models.conv import Conv
 from slot_jax.models.layers import MLP, SoftPositionEmbed
 
 
@@ -17,12 +18,15 @@ class CNNEncoder(nn.Module):
     kernel_sizes: Sequence[int] = (5, 5, 5, 5)
     strides: Sequence[int] = (1, 2, 2, 1)
     mlp_features: Sequence[int] = (32, 32)
+    conv_impl: str = "auto"  # see slot_jax.models.conv.CONV_IMPLS
 
     @nn.compact
     def __call__(self, image: jnp.ndarray) -> dict:
         x = image
-        for width, kernel, stride in zip(self.channels, self.kernel_sizes, self.strides, strict=True):
-            x = nn.relu(nn.Conv(width, (kernel, kernel), strides=(stride, stride), padding="SAME")(x))
+        for i, (width, kernel, stride) in enumerate(zip(self.channels, self.kernel_sizes, self.strides, strict=True)):
+            # Named as nn.Conv would be, so checkpoints do not depend on the lowering.
+            x = nn.relu(Conv(width, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                             impl=self.conv_impl, name=f"Conv_{i}")(x))
         x = SoftPositionEmbed()(x)
         batch, height, width, channels = x.shape
         x = x.reshape(batch, height * width, channels)

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src.lax.convolution import _conv_transpose_padding  # the padding lax.conv_transpose uses
 
+from slot_jax.models.conv import conv2d
+
 
 def _phase_taps(kernel_size: int, stride: int, pad_before: int):
     """For each phase r: {input offset d: kernel tap t} with y[s*m + r] = sum_d x[m + d] W[t]."""
@@ -58,10 +60,10 @@ def depth_to_space(x: jnp.ndarray, stride: int) -> jnp.ndarray:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * stride, w * stride, c_out)
 
 
-def conv_transpose_subpixel(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: str = "SAME"):
+def conv_transpose_subpixel(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: str = "SAME",
+                            conv_impl: str = "auto"):
     combined, (lo, hi) = subpixel_kernel(kernel, stride, padding)
-    y = jax.lax.conv_general_dilated(x, combined.astype(x.dtype), (1, 1), ((lo, hi), (lo, hi)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv2d(x, combined.astype(x.dtype), 1, ((lo, hi), (lo, hi)), conv_impl)
     return depth_to_space(y, stride)
 
 
@@ -73,10 +75,11 @@ class SubpixelConvTranspose(nn.Module):
     kernel_size: tuple
     strides: tuple
     padding: str = "SAME"
+    conv_impl: str = "auto"  # lowering of the inner convolution, see slot_jax.models.conv
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size[0]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv_transpose_subpixel(x, kernel, self.strides[0], self.padding) + bias
+        return conv_transpose_subpixel(x, kernel, self.strides[0], self.padding, self.conv_impl) + bias

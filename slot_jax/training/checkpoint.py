@@ -12,10 +12,19 @@ import orbax.checkpoint as ocp
 from slot_jax.errors import UserError
 
 
+# How a layer is computed, not what: free to differ between the saving and the restoring run.
+LOWERING_KEYS = (("conv_impl",), ("decoder", "upsample"))
+
+
 def architecture_of(config) -> dict:
     """What must match between a checkpoint and the config restoring it."""
-    return json.loads(json.dumps({"model": config.model.to_dict(), "data.name": config.data.name},
-                                 default=list))
+    model = json.loads(json.dumps(config.model.to_dict(), default=list))
+    for *parents, key in LOWERING_KEYS:
+        node = model
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(key, None)
+    return {"model": model, "data.name": config.data.name}
 
 
 def _differences(saved, current, prefix=""):

@@ -10,6 +10,7 @@ import numpy as np
 from slot_jax.data.builtin import get_dataset
 from slot_jax.errors import UserError
 from slot_jax.models.autoencoder import build_autoencoder
+from slot_jax.models.conv import CONV_IMPLS
 from slot_jax.models.decoder import UPSAMPLE_IMPLS
 from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.optimizer import SCHEDULES, build_optimizer, build_schedule
@@ -57,6 +58,8 @@ def check_config(config, info, num_devices: int) -> None:
             f"{out}, but {info.name} images are {tuple(info.image_size)}")
     require(m.decoder.upsample in UPSAMPLE_IMPLS,
             f"config.model.decoder.upsample={m.decoder.upsample!r}: choose one of {', '.join(UPSAMPLE_IMPLS)}")
+    require(m.conv_impl in CONV_IMPLS,
+            f"config.model.conv_impl={m.conv_impl!r}: choose one of {', '.join(CONV_IMPLS)}")
     require(config.eval.num_examples > 0, "config.eval.num_examples must be positive")
 
 

@@ -70,6 +70,18 @@ def _base() -> ml_collections.ConfigDict:
     c.eval.num_examples = 512
     c.eval.batch_size = 32
     c.eval.num_figure_rows = 8
+    # Compositional generation: k-means over the validation slots, new slot sets drawn from it.
+    c.eval.num_clusters = 24
+    c.eval.kmeans_restarts = 4
+    c.eval.composition_mode = "cluster"  # "cluster" (the report's), "centre" or "per_position"
+    c.eval.num_compositions = 512
+    c.eval.seed = 0
+    # FID/KID of reconstructions and compositions against the validation images; skipped with a
+    # note in eval_results.json when the Inception weights are not found.
+    c.eval.fid = True
+    c.eval.fid_mode = "clean"  # "clean" (clean-fid) or "legacy_pytorch" (pytorch-fid)
+    c.eval.fid_weights = ""  # empty: $SLOT_JAX_INCEPTION_WEIGHTS, then ~/.cache/slot_jax
+    c.eval.fid_batch_size = 50
     return c
 
 

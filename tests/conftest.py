@@ -28,6 +28,7 @@ TINY_OVERRIDES = {
     "model.encoder.channels": "(8, 8, 8, 8)", "model.encoder.mlp_features": "(16, 16)",
     "model.decoder.channels": "(8, 8)", "train.warmup_steps": "1", "eval.batch_size": "8",
     "eval.num_examples": "16", "eval.num_figure_rows": "4", "train.log_every": "2",
+    "eval.num_compositions": "16", "eval.kmeans_restarts": "1",
 }
 
 
@@ -39,3 +40,51 @@ def tiny_args():
         return [f"--config={SA_CONFIG}:quick", f"--workdir={workdir}"] + [
             f"--config.{k}={v}" for k, v in merged.items()]
     return build
+
+
+def random_inception_variables(seed: int = 0):
+    """FID Inception variables of the real layout with random values (no compile, no download)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from slot_jax.evaluation import inception
+
+    rng = np.random.default_rng(seed)
+
+    def fill(path, shape):
+        leaf = path[-1].key
+        if leaf == "kernel":
+            return jnp.asarray(rng.normal(0, (2.0 / np.prod(shape[:3])) ** 0.5, shape), jnp.float32)
+        if leaf in ("scale", "var"):
+            return jnp.asarray(0.5 + rng.random(shape), jnp.float32)
+        return jnp.asarray(0.1 * rng.normal(size=shape), jnp.float32)  # bias, mean
+
+    import jax
+    return jax.tree_util.tree_map_with_path(fill, inception._expected_variables(),
+                                            is_leaf=lambda x: isinstance(x, tuple))
+
+
+def save_inception_pth(variables, path):
+    """Writes `variables` as a pytorch-fid style state dict (needs torch; skips without it)."""
+    import numpy as np
+    torch = pytest.importorskip("torch", reason="torch not installed: it writes the .pth test weights")
+    names = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
+             ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+    state = {}
+
+    def walk(tree, collection, prefix):
+        for key, value in tree.items():
+            if hasattr(value, "items"):
+                walk(value, collection, prefix + (key,))
+            else:
+                array = np.asarray(value)
+                if key == "kernel":
+                    array = array.transpose(3, 2, 0, 1)
+                state[".".join(prefix + (names[(collection, key)],))] = torch.from_numpy(array.copy())
+
+    for collection in ("params", "batch_stats"):
+        walk(variables[collection], collection, ())
+    state["fc.weight"] = torch.zeros(1008, 2048)
+    state["fc.bias"] = torch.zeros(1008)
+    torch.save(state, path)
+    return path

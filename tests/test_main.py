@@ -6,10 +6,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
-from conftest import SHARED_REAL
+from conftest import SHARED_REAL, random_inception_variables, save_inception_pth
 from slot_jax import main as cli
+from slot_jax.evaluation.composition import SlotLibrary
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
 
@@ -27,8 +29,10 @@ def _run_cli(args, capsys):
 
 def test_train_kill_resume_evaluate(tmp_path, tiny_args):
     workdir = tmp_path / "run"
+    # No Inception weights anywhere: FID is skipped with a note.
+    env = {**ENV, "HOME": str(tmp_path / "home"), "SLOT_JAX_INCEPTION_WEIGHTS": ""}
     args = tiny_args(workdir, **{"train.num_steps": 1000, "train.checkpoint_every": 2, "train.eval_every": 1000})
-    process = subprocess.Popen([sys.executable, "-m", "slot_jax.main", *args], env=ENV,
+    process = subprocess.Popen([sys.executable, "-m", "slot_jax.main", *args], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     # Orbax renames a finished checkpoint into place, so a numeric directory is a complete one.
@@ -46,7 +50,7 @@ def test_train_kill_resume_evaluate(tmp_path, tiny_args):
     result = subprocess.run([sys.executable, "-m", "slot_jax.main",
                              *tiny_args(workdir, **{"train.num_steps": final, "train.checkpoint_every": 2,
                                                     "train.eval_every": 1000})],
-                            env=ENV, capture_output=True, text=True, timeout=300)
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"trained steps {resumed_from}..{final}" in result.stdout
     logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -59,17 +63,25 @@ def test_train_kill_resume_evaluate(tmp_path, tiny_args):
         assert results["real/num_images"] == 10 and -1.0 <= results["real/decoder/fg_ari"] <= 1.0
         assert (workdir / "figures" / "real_reconstructions.png").stat().st_size > 0
     for figure in ("val_reconstructions.png", "val_segmentation_decoder.png", "val_segmentation_attention.png",
-                   "loss_curves.png"):
+                   "loss_curves.png", "compositions.png"):
         assert (workdir / "figures" / figure).stat().st_size > 0
+    assert 0.0 <= results["val/decoder/miou"] <= 1.0
+    # Compositional generation: a k-means library of the 16 x 4 validation slots, 16 new images.
+    assert results["composition/num_clusters"] == 24 and results["composition/num_images"] == 16
+    with np.load(workdir / "compositions.npz") as data:
+        assert data["images"].shape == (16, 35, 35, 3) and data["slots"].shape == (16, 4, 16)
+    assert SlotLibrary.load(workdir / "slot_library.npz", slot_size=16).slots.shape == (16, 4, 16)
+    assert results["fid/skipped"].startswith("skipped: Inception weights") and "not found" in results["fid/skipped"]
 
     # Evaluation alone restores the latest checkpoint and gives the same numbers.
     os.remove(workdir / "eval_results.json")
     result = subprocess.run([sys.executable, "-m", "slot_jax.main", "--mode=eval",
                              *tiny_args(workdir, **{"train.num_steps": final})],
-                            env=ENV, capture_output=True, text=True, timeout=300)
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     again = json.loads((workdir / "eval_results.json").read_text())
     assert again["val/decoder/fg_ari"] == pytest.approx(results["val/decoder/fg_ari"], abs=1e-6)
+    assert again["composition/inertia"] == pytest.approx(results["composition/inertia"], rel=1e-5)
 
 
 @pytest.fixture
@@ -78,6 +90,25 @@ def trained_workdir(tmp_path, tiny_args, capsys):
     code, err = _run_cli(tiny_args(workdir, **{"train.num_steps": 2, "train.eval_every": 1000}), capsys)
     assert code == 0, err
     return workdir
+
+
+def test_evaluation_scores_fid_and_kid_when_weights_are_present(trained_workdir, tiny_args, capsys, monkeypatch):
+    weights = save_inception_pth(random_inception_variables(), trained_workdir / "weights.pth")
+    monkeypatch.setenv("SLOT_JAX_INCEPTION_WEIGHTS", str(weights))
+    code, err = _run_cli(["--mode=eval", *tiny_args(trained_workdir, **{"eval.fid_batch_size": 8})], capsys)
+    assert code == 0, err
+    results = json.loads((trained_workdir / "eval_results.json").read_text())
+    assert "fid/skipped" not in results and results["fid/mode"] == "clean" and results["fid/num_real"] == 16
+    for name in ("reconstruction", "composition"):
+        assert np.isfinite(results[f"fid/{name}"]) and results[f"fid/{name}"] >= 0
+        assert np.isfinite(results[f"kid/{name}"])
+    assert (trained_workdir / "fid_stats" / "val_clean_35x35_16.npz").is_file()
+
+
+def test_missing_configured_weights_are_refused_before_training(tmp_path, tiny_args, capsys):
+    code, err = _run_cli(tiny_args(tmp_path / "run", **{"eval.fid_weights": str(tmp_path / "nope.pth")}), capsys)
+    assert code == 2 and err.count("\n") == 1 and "nope.pth" in err and "not found" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_from_another_config_is_refused_and_kept(trained_workdir, tiny_args, capsys):

@@ -1,4 +1,4 @@
-"""Segmentation metrics on batches: ARI, FG-ARI and mean best overlap (mBO).
+"""Segmentation metrics on batches: ARI, FG-ARI, mean best overlap (mBO) and Hungarian mIoU.
 
 All metrics start from one per-image contingency table `table[b, i, j]`: the number of
 pixels of image b in predicted segment i and true segment j (true id 0 is background).
@@ -226,7 +226,8 @@ def segmentation_metrics(pred_ids, true_ids, valid, num_pred: int, num_true: int
 
     ari: average with `valid`. fg_ari, mbo (over the image's objects): average with
     `has_foreground`, which already excludes padded images. mbo_iou_sum / num_objects:
-    sum both over the dataset for the mBO averaged over objects instead of images.
+    sum both over the dataset for the mBO averaged over objects instead of images. table: the
+    contingency table [B, P, T], from which `miou_totals_from_tables` computes mIoU.
     """
     pred_ids = _as_pred_ids(pred_ids)
     table = contingency_table(pred_ids, true_ids, num_pred=num_pred, num_true=num_true)
@@ -238,4 +239,44 @@ def segmentation_metrics(pred_ids, true_ids, valid, num_pred: int, num_true: int
         "mbo_iou_sum": iou_sum,
         "num_objects": num_objects,
         "has_foreground": has_foreground(true_ids, valid),
+        "table": table,  # [B, P, T] pixel counts, for host-side metrics such as mIoU
     }
+
+
+# ----------------------------------------------------------------------------- mIoU
+
+
+def miou_totals_from_tables(tables, valid=None):
+    """Hungarian-matched IoU per image from contingency tables [B, P, T] (host, scipy).
+
+    Each true object (ids >= 1 present in the image) is matched to a distinct predicted segment
+    so that the summed IoU is maximal; an object left without a segment (more objects than
+    segments) scores 0. Returns (summed matched IoU [B], number of objects [B]), both float64;
+    padded images give (0, 0). Divide per image for mIoU per image, or sum both over a dataset.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    tables = np.asarray(tables, np.float64)
+    pred_sizes = tables.sum(axis=2, keepdims=True)
+    true_sizes = tables.sum(axis=1, keepdims=True)
+    iou = tables / np.maximum(pred_sizes + true_sizes - tables, 1.0)
+    keep = np.ones(len(tables), bool) if valid is None else np.asarray(valid, bool)
+    iou_sum, count = np.zeros(len(tables)), np.zeros(len(tables))
+    for b in np.flatnonzero(keep):
+        present = np.flatnonzero(true_sizes[b, 0, 1:] > 0) + 1
+        if present.size:
+            rows, cols = linear_sum_assignment(iou[b][:, present], maximize=True)
+            iou_sum[b] = iou[b][rows, present[cols]].sum()
+            count[b] = present.size
+    return iou_sum, count
+
+
+def miou(pred_masks_or_ids, true_ids, *, num_pred: int, num_true: int, valid=None) -> np.ndarray:
+    """mIoU per image [B] (float32) with Hungarian matching; see `miou_totals_from_tables`.
+
+    Images without objects (and padded ones) get 0.0: average with `has_foreground`.
+    """
+    pred_ids = np.asarray(_as_pred_ids(pred_masks_or_ids))
+    table = contingency_table_numpy(pred_ids, true_ids, num_pred=num_pred, num_true=num_true)
+    iou_sum, count = miou_totals_from_tables(table, valid)
+    return (iou_sum / np.maximum(count, 1.0)).astype(np.float32)

@@ -10,7 +10,9 @@ from slot_jax.data.pipeline import batches_of, eval_batches
 from slot_jax.data.real import load_real_samples
 from slot_jax.errors import UserError
 from slot_jax.evaluation import figures
+from slot_jax.evaluation.segmentation import miou_totals_from_tables
 from slot_jax.models.autoencoder import attention_masks
+from slot_jax.training import generation
 from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.experiment import Experiment, prepare_workdir, write_atomically
@@ -25,13 +27,22 @@ def _local_slice(batch: dict) -> dict:
     return {k: v[index * size:(index + 1) * size] for k, v in batch.items()}
 
 
-def score_batches(experiment, params, batches, *, keep_outputs: int = 0):
-    """Runs the eval step over batches. Returns (per-example results, first outputs, first batch)."""
+def score_batches(experiment, params, batches, *, keep_outputs: int = 0, collect: bool = False):
+    """Runs the eval step over batches. Returns (per-example results, first outputs, first batch).
+
+    With `collect`, the results also hold every example's `slots` and `image` and `recon` (uint8),
+    for compositional generation and FID.
+    """
     per_example, kept_outputs, kept_batch = {}, None, None
     for batch in batches:
         device_batch = mesh_lib.global_batch(_local_slice(batch), experiment.mesh)
         outputs, results = experiment.eval_step(params, device_batch, experiment.eval_rng())
+        if collect:
+            results = {**results, "slots": outputs["slots"],
+                       "recon": jax.numpy.round(jax.numpy.clip(outputs["recon"], 0, 1) * 255).astype("uint8")}
         results = multihost_utils.process_allgather(results, tiled=True)
+        if collect:
+            results["image"] = batch["image"]
         for key, value in results.items():
             per_example.setdefault(key, []).append(np.asarray(value))
         if keep_outputs and kept_outputs is None:
@@ -42,25 +53,31 @@ def score_batches(experiment, params, batches, *, keep_outputs: int = 0):
 
 
 def summarise(per_example: dict, prefix: str) -> dict:
-    """Dataset means: ARI over all valid images; FG-ARI and mBO (per-image mean, then the mean
-    over images) over the valid images that have at least one object."""
+    """Dataset means: ARI over all valid images; FG-ARI, mBO and Hungarian mIoU (per-image mean,
+    then the mean over images) over the valid images that have at least one object."""
     valid = per_example["valid"].astype(bool)
     summary = {f"{prefix}/loss": float(per_example["loss"][valid].mean()),
                f"{prefix}/num_images": int(valid.sum())}
     for source in ("decoder", "attention"):
         with_objects = valid & per_example[f"{source}/has_foreground"].astype(bool)
         summary[f"{prefix}/{source}/ari"] = float(per_example[f"{source}/ari"][valid].mean())
-        for name in ("fg_ari", "mbo"):
+        iou_sum, num_objects = miou_totals_from_tables(per_example[f"{source}/table"], with_objects)
+        per_example[f"{source}/miou"] = iou_sum / np.maximum(num_objects, 1.0)
+        for name in ("fg_ari", "mbo", "miou"):
             scores = per_example[f"{source}/{name}"][with_objects]
             summary[f"{prefix}/{source}/{name}"] = float(scores.mean()) if scores.size else float("nan")
     return summary
 
 
-def run_validation(experiment, params, *, keep_outputs: int = 0):
+def run_validation(experiment, params, *, keep_outputs: int = 0, collect: bool = False):
+    """(summary, first outputs, first batch), plus the per-example results when `collect`."""
     config = experiment.config
     batches = eval_batches(experiment.info, "val", config.eval.num_examples, config.eval.batch_size,
                            config.data.seed)
-    per_example, outputs, batch = score_batches(experiment, params, batches, keep_outputs=keep_outputs)
+    per_example, outputs, batch = score_batches(experiment, params, batches, keep_outputs=keep_outputs,
+                                                collect=collect)
+    if collect:
+        return summarise(per_example, "val"), outputs, batch, per_example
     return summarise(per_example, "val"), outputs, batch
 
 
@@ -116,11 +133,19 @@ def evaluate(config, workdir, *, state=None, experiment=None) -> dict:
         state = checkpointer.restore(experiment.abstract_state(), config)
         checkpointer.close()
     rows = config.eval.num_figure_rows
-    summary, outputs, batch = run_validation(experiment, state.params, keep_outputs=rows)
-    summary = {"step": int(jax.device_get(state.step)), **summary}
+    summary, outputs, batch, per_example = run_validation(experiment, state.params, keep_outputs=rows, collect=True)
+    step = int(jax.device_get(state.step))
+    summary = {"step": step, **summary}
     real_summary, real_outputs, real_batch = evaluate_real_samples(experiment, state.params, keep_outputs=rows)
     summary.update(real_summary)
+    valid = per_example["valid"].astype(bool)
+    composition = generation.compose(config, generation.decoder_of(experiment, state.params),
+                                     per_example["slots"][valid], step)
+    summary.update(composition["summary"])
+    summary.update(generation.fid_scores(config, workdir, per_example["image"][valid], {
+        "reconstruction": per_example["recon"][valid], "composition": composition["images"]}))
     if jax.process_index() == 0:
+        generation.save_composition(workdir, composition)
         figure_dir = workdir / "figures"
         write_figures(figure_dir, batch, outputs)
         if real_outputs is not None:

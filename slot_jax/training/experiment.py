@@ -9,6 +9,9 @@ import numpy as np
 
 from slot_jax.data.builtin import get_dataset
 from slot_jax.errors import UserError
+from slot_jax.evaluation.composition import SAMPLING_MODES
+from slot_jax.evaluation.fid_score import MODES as FID_MODES
+from slot_jax.evaluation.inception import resolve_weights_path
 from slot_jax.models.autoencoder import build_autoencoder
 from slot_jax.models.conv import CONV_IMPLS
 from slot_jax.models.decoder import UPSAMPLE_IMPLS
@@ -60,7 +63,19 @@ def check_config(config, info, num_devices: int) -> None:
             f"config.model.decoder.upsample={m.decoder.upsample!r}: choose one of {', '.join(UPSAMPLE_IMPLS)}")
     require(m.conv_impl in CONV_IMPLS,
             f"config.model.conv_impl={m.conv_impl!r}: choose one of {', '.join(CONV_IMPLS)}")
-    require(config.eval.num_examples > 0, "config.eval.num_examples must be positive")
+    e = config.eval
+    require(e.num_examples > 0, "config.eval.num_examples must be positive")
+    require(e.num_clusters > 0 and e.kmeans_restarts > 0 and e.num_compositions > 0,
+            "config.eval.num_clusters, kmeans_restarts and num_compositions must be positive")
+    require(e.composition_mode in SAMPLING_MODES,
+            f"config.eval.composition_mode={e.composition_mode!r}: choose one of {', '.join(SAMPLING_MODES)}")
+    require(e.fid_mode in FID_MODES, f"config.eval.fid_mode={e.fid_mode!r}: choose one of {', '.join(FID_MODES)}")
+    require(e.fid_batch_size > 0, "config.eval.fid_batch_size must be positive")
+    if e.fid and e.fid_weights:
+        resolve_weights_path(e.fid_weights)  # a configured path must exist: fail now, not after training
+    require(not e.fid or (e.num_examples >= 2 and e.num_compositions >= 2),
+            "FID needs at least 2 images per set: raise config.eval.num_examples and num_compositions, "
+            "or set config.eval.fid=False")
 
 
 def prepare_workdir(workdir, *, create: bool) -> pathlib.Path:

@@ -232,8 +232,8 @@ def test_segmentation_metrics_agree_with_single_metrics():
     np.testing.assert_allclose(metrics["fg_ari"], seg.fg_ari(pred, true, **kwargs), atol=1e-7)
     np.testing.assert_allclose(metrics["mbo"], seg.mbo_per_image(pred, true, **kwargs),
                                atol=1e-7)
-    for value in metrics.values():
-        assert value.shape == (8,)
+    for name, value in metrics.items():
+        assert value.shape == ((8, 5, 4) if name == "table" else (8,))
 
 
 def test_import_without_torch():
@@ -251,3 +251,46 @@ def test_mismatched_pixel_counts_are_rejected():
     with pytest.raises(ValueError, match="pixel counts"):
         seg.ari(np.zeros((2, 4, 4), np.int32), np.zeros((2, 4, 5), np.int32),
                 num_pred=2, num_true=2)
+
+
+# ----------------------------------------------------------------------------- mIoU
+
+
+def brute_force_miou(pred, true):
+    """Best mean IoU over every injective assignment of objects to segments, from masks."""
+    objects = [t for t in np.unique(true) if t != 0]
+    segments = list(np.unique(pred)) + [-1] * len(objects)  # -1: no segment, IoU 0
+    def iou(p, t):
+        a, b = pred == p, true == t
+        return (a & b).sum() / max((a | b).sum(), 1)
+    best = max(sum(iou(p, t) for p, t in zip(assignment, objects))
+               for assignment in itertools.permutations(segments, len(objects)))
+    return best / len(objects)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_miou_equals_brute_force_over_assignments(seed):
+    rng = np.random.default_rng(seed)
+    num_pred, num_true = (3, 5) if seed % 2 else (5, 4)  # fewer and more segments than objects
+    true = rng.integers(0, num_true, (4, 6, 7))
+    pred = np.where(rng.random(true.shape) < 0.6, true % num_pred, rng.integers(0, num_pred, true.shape))
+    scores = seg.miou(pred, true, num_pred=num_pred, num_true=num_true)
+    np.testing.assert_allclose(scores, [brute_force_miou(p, t) for p, t in zip(pred, true)], rtol=1e-6)
+
+
+def test_miou_is_one_for_a_relabelled_perfect_segmentation_and_skips_padding():
+    true = np.array([[[0, 1], [2, 2]], [[0, 0], [0, 0]]])
+    pred = np.array([[[3, 0], [1, 1]], [[1, 1], [1, 1]]])
+    np.testing.assert_allclose(seg.miou(pred, true, num_pred=4, num_true=3), [1.0, 0.0])
+    iou_sum, count = seg.miou_totals_from_tables(
+        seg.contingency_table_numpy(pred, true, num_pred=4, num_true=3), valid=[False, True])
+    np.testing.assert_array_equal(count, [0, 0])  # padded image, then an image without objects
+
+
+def test_segmentation_metrics_table_gives_the_same_miou():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 4, (3, 8, 8)).astype(np.int32)
+    pred = rng.integers(0, 5, (3, 8, 8)).astype(np.int32)
+    table = seg.segmentation_metrics(pred, true, np.ones(3, bool), num_pred=5, num_true=4)["table"]
+    iou_sum, count = seg.miou_totals_from_tables(table)
+    np.testing.assert_allclose(iou_sum / count, seg.miou(pred, true, num_pred=5, num_true=4), rtol=1e-6)

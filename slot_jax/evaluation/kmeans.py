@@ -10,6 +10,8 @@ both reach the same clustering:
   several clusters are empty, sklearn's order among the farthest points is unspecified).
 
 Distances use |x|^2 - 2 x.c + |c|^2 with the matmul at highest precision, as sklearn does.
+Centre sums are accumulated in float32 in a different order than sklearn's, so inertias agree to
+about 1e-6 relative and a point almost equidistant from two centres may be labelled differently.
 """
 from __future__ import annotations
 
@@ -35,11 +37,23 @@ def squared_distances(x, centres, x_sq=None):
     return jnp.maximum(x_sq - 2 * cross + jnp.sum(centres * centres, axis=1), 0.0)
 
 
-def assign(x, centres):
-    """Nearest-centre labels [N] and the squared distance to it [N]."""
-    distances = squared_distances(x, centres)
-    labels = jnp.argmin(distances, axis=1).astype(jnp.int32)
-    return labels, jnp.take_along_axis(distances, labels[:, None], axis=1)[:, 0]
+def assign(x, centres, x_sq=None):
+    """Nearest-centre labels [N] (the first on ties, as argmin) and the squared distance to it [N]."""
+    x_sq = jnp.sum(x * x, axis=1) if x_sq is None else x_sq.reshape(-1)
+    # [k, N] and a running minimum over the k rows: XLA:CPU's argmin over the last axis of [N, k]
+    # is several times slower than this elementwise loop.
+    partial = jnp.sum(centres * centres, axis=1)[:, None] - 2 * jnp.matmul(
+        centres, x.T, precision=jax.lax.Precision.HIGHEST)
+
+    def closer(i, carry):
+        best, label = carry
+        better = partial[i] < best
+        return jnp.where(better, partial[i], best), jnp.where(better, i, label)
+
+    k = centres.shape[0]
+    best, labels = jax.lax.fori_loop(1, k, closer, (partial[0], jnp.zeros(x.shape[0], jnp.int32)),
+                                     unroll=max(1, min(k - 1, 64)))
+    return labels, jnp.maximum(x_sq + best, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_local_trials"))
@@ -71,17 +85,22 @@ def kmeans_plusplus(x, key, k: int, num_local_trials: int | None = None):
 
 
 def _update_centres(x, labels, point_distances, k: int):
-    one_hot = jax.nn.one_hot(labels, k, dtype=x.dtype)
-    counts = one_hot.sum(axis=0)
-    sums = jnp.matmul(one_hot.T, x, precision=jax.lax.Precision.HIGHEST)
-    # Empty clusters (sklearn's rule): the e-th empty cluster takes the e-th farthest point from
-    # its centre, which leaves its old cluster.
-    empty = counts == 0
-    rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
-    farthest = jnp.argsort(-point_distances)[:k][rank]  # [k]: the point cluster c would take
-    moved = jax.nn.one_hot(labels[farthest], k, dtype=x.dtype) * empty[:, None]  # [k new, k old]
-    sums = sums - moved.T @ x[farthest] + empty[:, None] * x[farthest]
-    counts = counts - moved.sum(axis=0) + empty
+    counts = jax.ops.segment_sum(jnp.ones_like(labels, x.dtype), labels, k)
+    sums = jax.ops.segment_sum(x, labels, k)
+
+    def relocate(sums_counts):
+        # sklearn's rule: the e-th empty cluster takes the e-th farthest point from its centre,
+        # which leaves its old cluster.
+        sums, counts = sums_counts
+        empty = counts == 0
+        rank = jnp.clip(jnp.cumsum(empty) - 1, 0, k - 1)
+        farthest = jax.lax.top_k(point_distances, k)[1][rank]  # [k]: the point cluster c would take
+        moved = jax.nn.one_hot(labels[farthest], k, dtype=x.dtype) * empty[:, None]  # [k new, k old]
+        sums = sums - moved.T @ x[farthest] + empty[:, None] * x[farthest]
+        return sums, counts - moved.sum(axis=0) + empty
+
+    # Rare, and a top-k over all points costs as much as the rest of the iteration.
+    sums, counts = jax.lax.cond(jnp.any(counts == 0), relocate, lambda sc: sc, (sums, counts))
     return sums / jnp.maximum(counts, 1)[:, None]
 
 
@@ -89,7 +108,8 @@ def _update_centres(x, labels, point_distances, k: int):
 def lloyd(x, centres, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
     """Lloyd iterations from `centres` [k, D] until converged (see the module docstring)."""
     threshold = tol * jnp.mean(jnp.var(x, axis=0))
-    labels, distances = assign(x, centres)
+    x_sq = jnp.sum(x * x, axis=1, keepdims=True)
+    labels, distances = assign(x, centres, x_sq)
 
     def running(carry):
         _, _, _, i, done = carry
@@ -98,7 +118,7 @@ def lloyd(x, centres, max_iter: int = 300, tol: float = 1e-4) -> KMeansResult:
     def iterate(carry):
         centres, labels, distances, i, _ = carry
         new_centres = _update_centres(x, labels, distances, centres.shape[0])
-        new_labels, new_distances = assign(x, new_centres)
+        new_labels, new_distances = assign(x, new_centres, x_sq)
         shift = jnp.sum((new_centres - centres) ** 2)
         done = jnp.all(new_labels == labels) | (shift <= threshold)
         return new_centres, new_labels, new_distances, i + 1, done

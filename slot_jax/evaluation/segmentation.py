@@ -22,6 +22,7 @@ jit, so pixels with other ids are silently left out of the table; `ari_numpy` ra
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -44,24 +45,47 @@ def contingency_table(pred_ids, true_ids, *, num_pred: int, num_true: int):
                       preferred_element_type=jnp.float32)
 
 
+_CHUNK_IMAGES = 64  # images per bincount: small enough to stay in cache, many enough to amortise calls
+_POOL = None
+
+
+def _thread_pool():
+    """numpy's bincount and ufuncs release the GIL, so host threads use every core."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="slot_jax_metrics")
+    return _POOL
+
+
+def _chunk_table(pred, true, num_pred: int, num_true: int):
+    for name, ids, num in (("pred", pred, num_pred), ("true", true, num_true)):
+        if ids.size and (ids.min() < 0 or ids.max() >= num):
+            raise ValueError(f"{name} ids must lie in [0, {num}), got [{ids.min()}, {ids.max()}]")
+    batch, cells = pred.shape[0], num_pred * num_true
+    # The narrowest integer type that holds every (image, pred, true) cell index of the chunk.
+    dtype = np.uint16 if batch * cells <= np.iinfo(np.uint16).max else np.int64
+    offsets = (np.arange(batch, dtype=dtype) * dtype(cells))[:, None]
+    flat = offsets + pred.astype(dtype, copy=False) * dtype(num_true) + true.astype(dtype, copy=False)
+    return np.bincount(flat.ravel(), minlength=batch * cells).reshape(batch, num_pred, num_true)
+
+
 def contingency_table_numpy(pred_ids, true_ids, *, num_pred: int, num_true: int):
-    """Host variant of `contingency_table` with one bincount; returns int64 counts."""
+    """Host variant of `contingency_table`: int64 counts [B, P, T] from one bincount per chunk of
+    images, chunks spread over threads. Raises ValueError for ids outside [0, num)."""
     pred_ids = np.asarray(pred_ids)
     true_ids = np.asarray(true_ids)
     batch = pred_ids.shape[0]
-    pred_flat = pred_ids.reshape(batch, -1).astype(np.int64)
-    true_flat = true_ids.reshape(batch, -1).astype(np.int64)
+    pred_flat = pred_ids.reshape(batch, -1)
+    true_flat = true_ids.reshape(batch, -1)
     if pred_flat.shape != true_flat.shape:
         raise ValueError(f"pixel counts differ: {pred_ids.shape} vs {true_ids.shape}")
-    for name, ids, num in (("pred", pred_flat, num_pred), ("true", true_flat, num_true)):
-        if ids.size and (ids.min() < 0 or ids.max() >= num):
-            raise ValueError(f"{name} ids must lie in [0, {num}), got "
-                             f"[{ids.min()}, {ids.max()}]")
-    cells = num_pred * num_true
-    image_offset = np.arange(batch, dtype=np.int64)[:, None] * cells
-    flat_index = image_offset + pred_flat * num_true + true_flat
-    counts = np.bincount(flat_index.ravel(), minlength=batch * cells)
-    return counts.reshape(batch, num_pred, num_true)
+    starts = range(0, batch, _CHUNK_IMAGES)
+    work = lambda i: _chunk_table(pred_flat[i:i + _CHUNK_IMAGES], true_flat[i:i + _CHUNK_IMAGES], num_pred, num_true)
+    parts = list(_thread_pool().map(work, starts)) if len(starts) > 1 else [work(0)]
+    if not parts:
+        return np.zeros((0, num_pred, num_true), np.int64)
+    return np.concatenate(parts).astype(np.int64, copy=False)
 
 
 # ----------------------------------------------------------------------------- ARI

@@ -65,7 +65,7 @@ def test_train_kill_resume_evaluate(tmp_path, tiny_args):
     for figure in ("val_reconstructions.png", "val_segmentation_decoder.png", "val_segmentation_attention.png",
                    "loss_curves.png", "compositions.png"):
         assert (workdir / "figures" / figure).stat().st_size > 0
-    assert 0.0 <= results["val/decoder/miou"] <= 1.0
+    assert 0.0 <= results["val/decoder/miou"] <= 1.0 and 0.0 <= results["val/decoder/mbo_per_object"] <= 1.0
     # Compositional generation: a k-means library of the 16 x 4 validation slots, 16 new images.
     assert results["composition/num_clusters"] == 24 and results["composition/num_images"] == 16
     with np.load(workdir / "compositions.npz") as data:
@@ -102,7 +102,7 @@ def test_evaluation_scores_fid_and_kid_when_weights_are_present(trained_workdir,
     for name in ("reconstruction", "composition"):
         assert np.isfinite(results[f"fid/{name}"]) and results[f"fid/{name}"] >= 0
         assert np.isfinite(results[f"kid/{name}"])
-    assert (trained_workdir / "fid_stats" / "val_clean_35x35_16.npz").is_file()
+    assert (trained_workdir / "fid_stats" / "tetrominoes_val_clean_35x35_16.npz").is_file()
 
 
 def test_missing_configured_weights_are_refused_before_training(tmp_path, tiny_args, capsys):

@@ -66,6 +66,10 @@ def summarise(per_example: dict, prefix: str) -> dict:
         for name in ("fg_ari", "mbo", "miou"):
             scores = per_example[f"{source}/{name}"][with_objects]
             summary[f"{prefix}/{source}/{name}"] = float(scores.mean()) if scores.size else float("nan")
+        # mBO averaged over all objects of the split rather than per image first.
+        objects = per_example[f"{source}/num_objects"][valid].sum()
+        summary[f"{prefix}/{source}/mbo_per_object"] = (
+            float(per_example[f"{source}/mbo_iou_sum"][valid].sum() / objects) if objects else float("nan"))
     return summary
 
 

@@ -59,7 +59,8 @@ def fid_scores(config, workdir: pathlib.Path, real_images, generated: dict) -> d
     except WeightsNotFoundError as error:
         return {"fid/skipped": f"skipped: {error}"}
     height, width = real_images.shape[1:3]
-    cache = workdir / "fid_stats" / f"val_{e.fid_mode}_{height}x{width}_{len(real_images)}.npz"
+    name = f"{config.data.name}_val_{e.fid_mode}_{height}x{width}_{len(real_images)}.npz"
+    cache = workdir / "fid_stats" / name
     if jax.process_index() != 0 and not cache.is_file():
         cache = None  # one writer
     real = fid_score.source_statistics(real_images, extractor, cache=cache)

@@ -84,11 +84,13 @@ def test_output_shift_refuses_strides_and_unknown_impls_are_refused():
         conv2d(x, kernel, 1, "SAME", "winograd")
 
 
-def test_auto_keeps_native_off_the_cpu_and_picks_the_smaller_buffer_on_it(monkeypatch):
+def test_auto_keeps_native_off_the_cpu_and_picks_by_channel_ratio_on_it(monkeypatch):
     monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "cpu")
-    assert resolve_conv_impl("auto", 32, 128, 1) == "im2col"   # 9*32 < 9*128 floats per pixel
+    assert resolve_conv_impl("auto", 32, 128, 1) == "im2col"   # widening: sub-pixel upsampling
+    assert resolve_conv_impl("auto", 3, 32, 2) == "im2col"     # RGB input
     assert resolve_conv_impl("auto", 32, 4, 1) == "output_shift"
-    assert resolve_conv_impl("auto", 32, 4, 2) == "im2col"     # output_shift is stride 1 only
+    assert resolve_conv_impl("auto", 32, 4, 2) == "native"     # output_shift is stride 1 only
+    assert resolve_conv_impl("auto", 32, 32, 1) == "native"
     assert resolve_conv_impl("native", 32, 4, 1) == "native"
     monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "gpu")
     assert resolve_conv_impl("auto", 32, 4, 1) == "native"

@@ -12,7 +12,6 @@ import os
 import pathlib
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ import sklearn
 from sklearn.cluster import KMeans
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from metrics_speed import timed  # noqa: E402  (this script's folder is on sys.path)
 from slot_jax.evaluation.kmeans import kmeans_plusplus, lloyd  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "kmeans_speed.jsonl"
@@ -33,16 +33,6 @@ def slot_like(n, d, k, seed=0):
     spread = rng.uniform(0.2, 0.8, k)
     labels = rng.integers(0, k, n)
     return (centres[labels] + rng.normal(0, 1, (n, d)) * spread[labels, None]).astype(np.float32)
-
-
-def best_of(fn, repeats):
-    fn()
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main():
@@ -67,7 +57,7 @@ def main():
 
     rows = {}
     for name, fn in (("sklearn KMeans(lloyd)", reference), ("slot_jax lloyd (jit)", ours)):
-        seconds, (inertia, iterations, labels) = best_of(fn, args.repeats)
+        seconds, (inertia, iterations, labels) = timed(fn, args.repeats)
         rows[name] = {"seconds": seconds, "inertia": inertia, "iterations": iterations, "labels": labels}
     ref, jx = rows["sklearn KMeans(lloyd)"], rows["slot_jax lloyd (jit)"]
     summary = {

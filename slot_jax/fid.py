@@ -11,6 +11,8 @@ The Inception weights come from --weights, $SLOT_JAX_INCEPTION_WEIGHTS or
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import sys
 
 from slot_jax.errors import UserError, run_cli
@@ -35,6 +37,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     from slot_jax.evaluation import fid_score
     from slot_jax.evaluation.inception import download_weights
+    from slot_jax.training.experiment import write_atomically
 
     try:
         if args.download and not args.weights:
@@ -53,7 +56,7 @@ def _run(args) -> int:
             if path:
                 stats.save(path)
         if args.out:
-            fid_score.write_json_atomically(args.out, result)
+            write_atomically(pathlib.Path(args.out), json.dumps(result, indent=2))
     except OSError as error:  # e.g. an unwritable --out or --save_stats path
         raise UserError(f"{error}: choose a writable path") from None
     line = f"FID ({result['mode']}): {result['fid']:.4f}"

@@ -13,7 +13,6 @@ and image size it was computed at.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import zipfile
@@ -230,10 +229,3 @@ def scores(a: Statistics, b: Statistics, *, kid: bool = True) -> dict:
     if kid and a.features is not None and b.features is not None:
         out["kid"] = fid_lib.kernel_inception_distance(a.features, b.features)
     return out
-
-
-def write_json_atomically(path, payload: dict) -> None:
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)

@@ -31,26 +31,31 @@ class SlotAutoencoder(nn.Module):
         return outputs
 
 
+def build_encoder(model_config) -> CNNEncoder:
+    m = model_config
+    return CNNEncoder(channels=tuple(m.encoder.channels), kernel_sizes=tuple(m.encoder.kernel_sizes),
+                      strides=tuple(m.encoder.strides), mlp_features=tuple(m.encoder.mlp_features),
+                      conv_impl=m.conv_impl)
+
+
+def build_slot_init(model_config) -> nn.Module:
+    initialisers = {"gaussian": GaussianSlotInit, "learned": LearnedSlotInit}
+    return initialisers[model_config.slot_init](model_config.num_slots, model_config.slot_size)
+
+
+def build_slot_attention(model_config) -> SlotAttention:
+    m = model_config
+    return SlotAttention(num_iterations=m.num_iterations, slot_size=m.slot_size, mlp_hidden=m.mlp_hidden,
+                         epsilon=m.epsilon, implicit_grad=m.implicit_grad)
+
+
 def build_autoencoder(model_config) -> SlotAutoencoder:
     """Builds the autoencoder from `config.model` (see configs/slot_attention.py)."""
     m = model_config
-    initialisers = {"gaussian": GaussianSlotInit, "learned": LearnedSlotInit}
     return SlotAutoencoder(
-        encoder=CNNEncoder(
-            channels=tuple(m.encoder.channels),
-            kernel_sizes=tuple(m.encoder.kernel_sizes),
-            strides=tuple(m.encoder.strides),
-            mlp_features=tuple(m.encoder.mlp_features),
-            conv_impl=m.conv_impl,
-        ),
-        slot_init=initialisers[m.slot_init](m.num_slots, m.slot_size),
-        slot_attention=SlotAttention(
-            num_iterations=m.num_iterations,
-            slot_size=m.slot_size,
-            mlp_hidden=m.mlp_hidden,
-            epsilon=m.epsilon,
-            implicit_grad=m.implicit_grad,
-        ),
+        encoder=build_encoder(m),
+        slot_init=build_slot_init(m),
+        slot_attention=build_slot_attention(m),
         decoder=SpatialBroadcastDecoder(
             broadcast_size=tuple(m.decoder.broadcast_size),
             channels=tuple(m.decoder.channels),

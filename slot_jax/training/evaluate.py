@@ -30,16 +30,17 @@ def _local_slice(batch: dict) -> dict:
 def score_batches(experiment, params, batches, *, keep_outputs: int = 0, collect: bool = False):
     """Runs the eval step over batches. Returns (per-example results, first outputs, first batch).
 
-    With `collect`, the results also hold every example's `slots` and `image` and `recon` (uint8),
-    for compositional generation and FID.
+    With `collect`, the results also hold every example's `slots` and `image`, and `recon` (uint8)
+    when the model reconstructs in one pass, for compositional generation and FID.
     """
     per_example, kept_outputs, kept_batch = {}, None, None
     for batch in batches:
         device_batch = mesh_lib.global_batch(_local_slice(batch), experiment.mesh)
         outputs, results = experiment.eval_step(params, device_batch, experiment.eval_rng())
         if collect:
-            results = {**results, "slots": outputs["slots"],
-                       "recon": jax.numpy.round(jax.numpy.clip(outputs["recon"], 0, 1) * 255).astype("uint8")}
+            results = {**results, "slots": outputs["slots"]}
+            if "recon" in outputs:
+                results["recon"] = jax.numpy.round(jax.numpy.clip(outputs["recon"], 0, 1) * 255).astype("uint8")
         results = multihost_utils.process_allgather(results, tiled=True)
         if collect:
             results["image"] = batch["image"]
@@ -52,13 +53,13 @@ def score_batches(experiment, params, batches, *, keep_outputs: int = 0, collect
     return {k: np.concatenate(v) for k, v in per_example.items()}, kept_outputs, kept_batch
 
 
-def summarise(per_example: dict, prefix: str) -> dict:
+def summarise(per_example: dict, prefix: str, sources=("decoder", "attention")) -> dict:
     """Dataset means: ARI over all valid images; FG-ARI, mBO and Hungarian mIoU (per-image mean,
     then the mean over images) over the valid images that have at least one object."""
     valid = per_example["valid"].astype(bool)
     summary = {f"{prefix}/loss": float(per_example["loss"][valid].mean()),
                f"{prefix}/num_images": int(valid.sum())}
-    for source in ("decoder", "attention"):
+    for source in sources:
         with_objects = valid & per_example[f"{source}/has_foreground"].astype(bool)
         summary[f"{prefix}/{source}/ari"] = float(per_example[f"{source}/ari"][valid].mean())
         iou_sum, num_objects = miou_totals_from_tables(per_example[f"{source}/table"], with_objects)

@@ -30,52 +30,69 @@ def dataset_info(config):
         raise UserError(f"config.data.name: {error}") from None
 
 
-def check_config(config, info, num_devices: int) -> None:
-    """Refuses values that would fail late or silently train something else."""
-    def require(ok, message):
-        if not ok:
-            raise UserError(message)
+def _require(ok, message):
+    if not ok:
+        raise UserError(message)
 
-    t, m = config.train, config.model
+
+def check_common(config, num_devices: int) -> None:
+    """Checks shared by every kind of experiment: batches, optimisation, evaluation size."""
+    t = config.train
     for key, value in (("data.global_batch_size", config.data.global_batch_size),
                        ("eval.batch_size", config.eval.batch_size)):
-        require(value > 0 and value % num_devices == 0,
-                f"config.{key}={value} must be a positive multiple of the {num_devices} devices")
-    require(t.num_steps > 0, f"config.train.num_steps={t.num_steps} must be positive")
-    require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate} must be positive")
-    require(t.schedule in SCHEDULES, f"config.train.schedule={t.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        _require(value > 0 and value % num_devices == 0,
+                 f"config.{key}={value} must be a positive multiple of the {num_devices} devices")
+    _require(t.num_steps > 0, f"config.train.num_steps={t.num_steps} must be positive")
+    _require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate} must be positive")
+    _require(t.schedule in SCHEDULES, f"config.train.schedule={t.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        require(t[key] > 0, f"config.train.{key}={t[key]} must be positive")
-    require(m.num_slots > 0 and m.slot_size > 0 and m.num_iterations > 0,
-            "config.model.num_slots, slot_size and num_iterations must be positive")
-    require(m.slot_init in ("gaussian", "learned"),
-            f"config.model.slot_init={m.slot_init!r}: choose 'gaussian' or 'learned'")
-    for part in ("encoder", "decoder"):
-        lengths = {k: len(m[part][k]) for k in ("channels", "kernel_sizes", "strides")}
-        require(len(set(lengths.values())) == 1,
-                f"config.model.{part}: channels, kernel_sizes and strides need one entry per layer, got {lengths}")
-    scale = int(np.prod(m.decoder.strides))
-    out = tuple(b * scale for b in m.decoder.broadcast_size)
-    require(out == tuple(info.image_size),
-            f"config.model.decoder: broadcast_size {tuple(m.decoder.broadcast_size)} x strides {scale} gives "
-            f"{out}, but {info.name} images are {tuple(info.image_size)}")
-    require(m.decoder.upsample in UPSAMPLE_IMPLS,
-            f"config.model.decoder.upsample={m.decoder.upsample!r}: choose one of {', '.join(UPSAMPLE_IMPLS)}")
-    require(m.conv_impl in CONV_IMPLS,
-            f"config.model.conv_impl={m.conv_impl!r}: choose one of {', '.join(CONV_IMPLS)}")
-    e = config.eval
-    require(e.num_examples > 0, "config.eval.num_examples must be positive")
-    require(e.num_clusters > 0 and e.kmeans_restarts > 0 and e.num_compositions > 0,
-            "config.eval.num_clusters, kmeans_restarts and num_compositions must be positive")
-    require(e.composition_mode in SAMPLING_MODES,
-            f"config.eval.composition_mode={e.composition_mode!r}: choose one of {', '.join(SAMPLING_MODES)}")
-    require(e.fid_mode in FID_MODES, f"config.eval.fid_mode={e.fid_mode!r}: choose one of {', '.join(FID_MODES)}")
-    require(e.fid_batch_size > 0, "config.eval.fid_batch_size must be positive")
+        _require(t[key] > 0, f"config.train.{key}={t[key]} must be positive")
+    _require(config.eval.num_examples > 0, "config.eval.num_examples must be positive")
+
+
+def check_slot_encoder(m) -> None:
+    _require(m.num_slots > 0 and m.slot_size > 0 and m.num_iterations > 0,
+             "config.model.num_slots, slot_size and num_iterations must be positive")
+    _require(m.slot_init in ("gaussian", "learned"),
+             f"config.model.slot_init={m.slot_init!r}: choose 'gaussian' or 'learned'")
+    lengths = {k: len(m.encoder[k]) for k in ("channels", "kernel_sizes", "strides")}
+    _require(len(set(lengths.values())) == 1,
+             f"config.model.encoder: channels, kernel_sizes and strides need one entry per layer, got {lengths}")
+    _require(m.conv_impl in CONV_IMPLS,
+             f"config.model.conv_impl={m.conv_impl!r}: choose one of {', '.join(CONV_IMPLS)}")
+
+
+def check_generation(e) -> None:
+    """config.eval's compositional generation and FID settings."""
+    _require(e.num_clusters > 0 and e.kmeans_restarts > 0 and e.num_compositions > 0,
+             "config.eval.num_clusters, kmeans_restarts and num_compositions must be positive")
+    _require(e.composition_mode in SAMPLING_MODES,
+             f"config.eval.composition_mode={e.composition_mode!r}: choose one of {', '.join(SAMPLING_MODES)}")
+    _require(e.fid_mode in FID_MODES, f"config.eval.fid_mode={e.fid_mode!r}: choose one of {', '.join(FID_MODES)}")
+    _require(e.fid_batch_size > 0, "config.eval.fid_batch_size must be positive")
     if e.fid and e.fid_weights:
         resolve_weights_path(e.fid_weights)  # a configured path must exist: fail now, not after training
-    require(not e.fid or (e.num_examples >= 2 and e.num_compositions >= 2),
-            "FID needs at least 2 images per set: raise config.eval.num_examples and num_compositions, "
-            "or set config.eval.fid=False")
+    _require(not e.fid or (e.num_examples >= 2 and e.num_compositions >= 2),
+             "FID needs at least 2 images per set: raise config.eval.num_examples and num_compositions, "
+             "or set config.eval.fid=False")
+
+
+def check_config(config, info, num_devices: int) -> None:
+    """Refuses autoencoder configs that would fail late or silently train something else."""
+    check_common(config, num_devices)
+    m = config.model
+    check_slot_encoder(m)
+    lengths = {k: len(m.decoder[k]) for k in ("channels", "kernel_sizes", "strides")}
+    _require(len(set(lengths.values())) == 1,
+             f"config.model.decoder: channels, kernel_sizes and strides need one entry per layer, got {lengths}")
+    scale = int(np.prod(m.decoder.strides))
+    out = tuple(b * scale for b in m.decoder.broadcast_size)
+    _require(out == tuple(info.image_size),
+             f"config.model.decoder: broadcast_size {tuple(m.decoder.broadcast_size)} x strides {scale} gives "
+             f"{out}, but {info.name} images are {tuple(info.image_size)}")
+    _require(m.decoder.upsample in UPSAMPLE_IMPLS,
+             f"config.model.decoder.upsample={m.decoder.upsample!r}: choose one of {', '.join(UPSAMPLE_IMPLS)}")
+    check_generation(config.eval)
 
 
 def prepare_workdir(workdir, *, create: bool) -> pathlib.Path:
@@ -101,19 +118,61 @@ def write_atomically(path: pathlib.Path, text: str) -> None:
     os.replace(file.name, path)
 
 
-class Experiment:
-    """Model, optimizer, mesh and jitted steps built once from a config."""
+class ExperimentBase:
+    """Mesh, optimizer and jitted steps built once from a config; each kind of model adds its
+    own checks, model and steps in `build`, and its own `validate` and `evaluate`."""
+
+    kind = ""
 
     def __init__(self, config, devices=None):
         self.config = config
         self.info = dataset_info(config)
         self.mesh = mesh_lib.make_mesh(devices)
-        check_config(config, self.info, self.mesh.size)
-        self.model = build_autoencoder(config.model)
+        self.check(config)
         self.optimizer = build_optimizer(config.train)
         self.schedule = build_schedule(config.train)  # for logging; the optimizer holds its own copy
         self.image_shape = (1, *self.info.image_size, 3)
-        repl, data = mesh_lib.replicated(self.mesh), mesh_lib.data_sharded(self.mesh)
+        self.replicated = mesh_lib.replicated(self.mesh)
+        self.data_sharded = mesh_lib.data_sharded(self.mesh)
+        self.build()
+
+    def check(self, config) -> None:
+        raise NotImplementedError
+
+    def build(self) -> None:
+        """Sets self.model, self._init (rng -> state), self.train_step and self.eval_step."""
+        raise NotImplementedError
+
+    def init_state(self):
+        return self._init(jax.random.PRNGKey(self.config.seed))
+
+    def abstract_state(self):
+        shapes = jax.eval_shape(self._init, jax.random.PRNGKey(0))
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), shapes)
+
+    def eval_rng(self):
+        return jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET)
+
+    def validate(self, params) -> dict:
+        """Scalars for metrics.jsonl during training."""
+        raise NotImplementedError
+
+    def evaluate(self, workdir, state) -> dict:
+        """The final evaluation: writes eval_results.json and figures/ into the workdir."""
+        raise NotImplementedError
+
+
+class Experiment(ExperimentBase):
+    """The Slot Attention autoencoder (configs/slot_attention.py)."""
+
+    kind = "slot_autoencoder"
+
+    def check(self, config) -> None:
+        check_config(config, self.info, self.mesh.size)
+
+    def build(self) -> None:
+        repl, data = self.replicated, self.data_sharded
+        self.model = build_autoencoder(self.config.model)
         self._init = jax.jit(functools.partial(create_train_state, self.model, self.optimizer, self.image_shape),
                              out_shardings=repl)
         self.train_step = jax.jit(functools.partial(train_step, model=self.model, optimizer=self.optimizer),
@@ -121,13 +180,12 @@ class Experiment:
         self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, num_true=self.info.max_entities),
                                  in_shardings=(repl, data, repl), out_shardings=(data, data))
 
-    def init_state(self):
-        return self._init(jax.random.PRNGKey(self.config.seed))
+    def validate(self, params) -> dict:
+        from slot_jax.training.evaluate import evaluate_real_samples, run_validation  # evaluate imports us
+        summary, _, _ = run_validation(self, params)
+        real_summary, _, _ = evaluate_real_samples(self, params)
+        return {**summary, **{k: v for k, v in real_summary.items() if k != "real/skipped"}}
 
-    def abstract_state(self):
-        repl = mesh_lib.replicated(self.mesh)
-        shapes = jax.eval_shape(self._init, jax.random.PRNGKey(0))
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
-
-    def eval_rng(self):
-        return jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET)
+    def evaluate(self, workdir, state) -> dict:
+        from slot_jax.training.evaluate import evaluate
+        return evaluate(self.config, workdir, state=state, experiment=self)

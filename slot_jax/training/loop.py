@@ -8,8 +8,8 @@ from slot_jax.data.pipeline import BatchIterator
 from slot_jax.errors import UserError
 from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.checkpoint import Checkpointer
-from slot_jax.training.evaluate import evaluate, evaluate_real_samples, run_validation
-from slot_jax.training.experiment import Experiment, prepare_workdir, write_atomically
+from slot_jax.training.experiment import prepare_workdir, write_atomically
+from slot_jax.training.kinds import build_experiment
 from slot_jax.training.optimizer import Plateau, plateau_step
 from slot_jax.training.writers import MetricWriter, Progress
 
@@ -21,7 +21,7 @@ def _mean_metrics(window: list) -> dict:
 
 def train(config, workdir) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), then evaluates. Returns eval results."""
-    experiment = Experiment(config)  # checks the config before anything is written
+    experiment = build_experiment(config)  # checks the config before anything is written
     workdir = prepare_workdir(workdir, create=True)
     is_chief = jax.process_index() == 0
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
@@ -56,9 +56,8 @@ def train(config, workdir) -> dict:
                 progress.update(step, {"loss": scalars["loss"]})
                 writer.write(step, scalars)
             if step % config.train.eval_every == 0:
-                summary, _, _ = run_validation(experiment, state.params)
-                real_summary, _, _ = evaluate_real_samples(experiment, state.params)
-                writer.write(step, {**summary, **{k: v for k, v in real_summary.items() if k != "real/skipped"}})
+                summary = experiment.validate(state.params)
+                writer.write(step, summary)
                 if config.train.schedule == "plateau":
                     state = apply_plateau(config, state, summary["val/loss"])
             if saving:
@@ -71,7 +70,7 @@ def train(config, workdir) -> dict:
         write_atomically(config_file, config.to_json_best_effort(indent=2))
         elapsed = time.perf_counter() - started
         print(f"trained steps {start_step}..{config.train.num_steps} in {elapsed:.0f} s", flush=True)
-    results = evaluate(config, workdir, state=state, experiment=experiment)
+    results = experiment.evaluate(workdir, state)
     checkpointer.close()
     return results
 
@@ -85,3 +84,20 @@ def apply_plateau(config, state, val_loss: float):
     put = lambda value, dtype: jax.device_put(np.asarray(value, dtype), state.lr_scale.sharding)
     return state.replace(lr_scale=put(plateau.lr_scale, np.float32), plateau_best=put(plateau.best, np.float32),
                          plateau_bad_evals=put(plateau.bad_evals, np.int32))
+
+
+def _restore_latest(experiment, workdir):
+    checkpointer = Checkpointer(workdir, keep=experiment.config.train.keep_checkpoints, async_save=False)
+    try:
+        if checkpointer.latest_step() is None:
+            raise UserError(f"no checkpoint in {workdir / 'checkpoints'}: train first with --mode=train")
+        return checkpointer.restore(experiment.abstract_state(), experiment.config)
+    finally:
+        checkpointer.close()
+
+
+def evaluate_latest(config, workdir) -> dict:
+    """Scores the workdir's latest checkpoint (`--mode=eval`)."""
+    workdir = prepare_workdir(workdir, create=False)
+    experiment = build_experiment(config)
+    return experiment.evaluate(workdir, _restore_latest(experiment, workdir))

@@ -9,7 +9,7 @@ import optax
 
 from slot_jax.errors import UserError
 
-SCHEDULES = ("constant", "plateau", "warmup_exp_decay", "warmup_cosine")
+SCHEDULES = ("constant", "plateau", "warmup_exp_decay", "warmup_cosine", "step_decay")
 
 
 def build_schedule(train_config) -> optax.Schedule:
@@ -27,6 +27,9 @@ def build_schedule(train_config) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(
             0.0, t.learning_rate, max(t.warmup_steps, 1), max(t.num_steps, t.warmup_steps + 1),
             end_value=t.min_learning_rate)
+    if t.schedule == "step_decay":
+        # PyTorch's StepLR: lr * decay_rate ** floor(step / decay_steps), e.g. 0.95 once an epoch.
+        return optax.exponential_decay(t.learning_rate, t.decay_steps, t.decay_rate, staircase=True)
     raise UserError(f"config.train.schedule={t.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
 
 

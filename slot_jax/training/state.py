@@ -18,13 +18,18 @@ class TrainState:
 
 
 def create_train_state(model, optimizer, image_shape, rng) -> TrainState:
+    """The autoencoder's initial state; other models build their params and call `state_from_params`."""
     init_rng, slots_rng, train_rng = jax.random.split(rng, 3)
     params = model.init({"params": init_rng, "slots": slots_rng}, jnp.zeros(image_shape, jnp.float32))["params"]
+    return state_from_params(params, optimizer, train_rng)
+
+
+def state_from_params(params, optimizer, rng) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
-        rng=train_rng,
+        rng=rng,
         lr_scale=jnp.ones((), jnp.float32),
         plateau_best=jnp.full((), jnp.inf, jnp.float32),
         plateau_bad_evals=jnp.zeros((), jnp.int32),

@@ -12,20 +12,12 @@ def images_to_float(image: jnp.ndarray) -> jnp.ndarray:
     return image.astype(jnp.float32) / 255.0
 
 
-def train_step(state, batch, *, model, optimizer):
-    """One Adam step on the reconstruction loss. Returns (new_state, metrics).
+def apply_gradients_if_finite(state, loss, grads, optimizer, **extra_metrics):
+    """The Adam update shared by every model's train step. Returns (new_state, metrics).
 
     A step whose loss or gradient is not finite leaves the parameters and optimizer state
     unchanged and reports `nonfinite` = 1, so the loop can stop before anything is saved.
     """
-    image = images_to_float(batch["image"])
-    slots_rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-        outputs = model.apply({"params": params}, image, rngs={"slots": slots_rng})
-        return jnp.mean(reconstruction_loss(outputs, image))
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
     grad_norm = optax.tree.norm(grads)
@@ -42,8 +34,22 @@ def train_step(state, batch, *, model, optimizer):
         "update_norm": optax.tree.norm(updates),
         "param_norm": optax.tree.norm(state.params),
         "nonfinite": 1 - finite.astype(jnp.int32),
+        **extra_metrics,
     }
     return new_state, metrics
+
+
+def train_step(state, batch, *, model, optimizer):
+    """One Adam step of the autoencoder on the reconstruction loss. Returns (new_state, metrics)."""
+    image = images_to_float(batch["image"])
+    slots_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        outputs = model.apply({"params": params}, image, rngs={"slots": slots_rng})
+        return jnp.mean(reconstruction_loss(outputs, image))
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return apply_gradients_if_finite(state, loss, grads, optimizer)
 
 
 def eval_step(params, batch, rng, *, model, num_true: int):

@@ -30,6 +30,13 @@ def test_warmup_cosine_peaks_after_warmup_and_ends_at_the_minimum():
     assert math.isclose(float(schedule(1000)), 1e-7, rel_tol=1e-3)
 
 
+def test_step_decay_is_pytorch_steplr():
+    # StepLR(step_size=313, gamma=0.95) as the report's diffusion training: constant within an epoch.
+    schedule = build_schedule(_train_config(schedule="step_decay", decay_steps=313, decay_rate=0.95))
+    for step in (0, 312, 313, 626, 5000):
+        assert math.isclose(float(schedule(step)), 4e-4 * 0.95 ** (step // 313), rel_tol=1e-6)
+
+
 def test_unknown_schedule_is_refused_by_name():
     with pytest.raises(UserError, match="cosinus"):
         build_schedule(_train_config(schedule="cosinus"))

@@ -1,0 +1,88 @@
+"""Convolutional blocks shared by the VAE and the denoising UNet."""
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from slot_jax.errors import UserError
+from slot_jax.models.conv import Conv, conv2d
+
+
+def check_group_norm_widths(widths: Sequence[int], num_groups: int, owner: str) -> None:
+    """Raises a one-line UserError unless `num_groups` divides every GroupNorm width."""
+    if num_groups < 1:
+        raise UserError(f"{owner}: num_groups must be positive, got {num_groups}")
+    bad = sorted({w for w in widths if w % num_groups})
+    if bad:
+        raise UserError(f"{owner}: num_groups={num_groups} must divide every channel count, "
+                        f"but not {', '.join(map(str, bad))}; pick channels that are multiples of it")
+
+
+def check_divisible_size(height: int, width: int, factor: int, owner: str) -> None:
+    """Raises a one-line UserError unless both sides are multiples of `factor`."""
+    if height % factor or width % factor:
+        raise UserError(f"{owner}: input size {height}x{width} must be divisible by {factor} "
+                        f"(2 ** number of downsamplings)")
+
+
+class ZeroConv(nn.Module):
+    """A stride-1 'SAME' `Conv` whose kernel and bias start at zero, so the branch it ends
+    contributes nothing at initialisation (residual branches, output heads)."""
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        k = self.kernel_size[0]
+        kernel = self.param("kernel", nn.initializers.zeros, (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return conv2d(x, kernel, 1, "SAME", self.impl) + bias
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, conv3x3, [+ projected time embedding], GroupNorm, SiLU, conv3x3, plus
+    the input (through a 1x1 conv when the width changes)."""
+
+    features: int
+    num_groups: int = 8
+    zero_init_last: bool = False  # the block starts as the identity (or the 1x1 skip)
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, time_emb: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_in")(x))
+        h = Conv(self.features, (3, 3), impl=self.conv_impl, name="conv_in")(h)
+        if time_emb is not None:
+            h = h + nn.Dense(self.features, name="time_proj")(nn.silu(time_emb))[:, None, None, :]
+        h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_out")(h))
+        last = ZeroConv if self.zero_init_last else Conv
+        h = last(self.features, (3, 3), impl=self.conv_impl, name="conv_out")(h)
+        if x.shape[-1] != self.features:
+            x = Conv(self.features, (1, 1), impl=self.conv_impl, name="skip")(x)
+        return x + h
+
+
+class Downsample(nn.Module):
+    """Halves the resolution with a stride-2 conv3x3 ('SAME' pads one row/column after)."""
+
+    features: int
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return Conv(self.features, (3, 3), strides=(2, 2), impl=self.conv_impl, name="conv")(x)
+
+
+class Upsample(nn.Module):
+    """Doubles the resolution: nearest-neighbour repeat, then conv3x3 (no checkerboard
+    artefacts, unlike a stride-2 transposed conv)."""
+
+    features: int
+    conv_impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return Conv(self.features, (3, 3), impl=self.conv_impl, name="conv")(x)

@@ -1,0 +1,158 @@
+"""Slot-conditioned denoising UNet (in the spirit of LSD and SlotDiffusion): a convolutional UNet
+on latents whose attention blocks cross-attend from pixels to the slots."""
+import math
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from slot_jax.errors import UserError
+from slot_jax.models.blocks import (Downsample, ResBlock, Upsample, ZeroConv, check_divisible_size,
+                                    check_group_norm_widths)
+from slot_jax.models.conv import Conv
+
+
+def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
+    """t [B] (int or float) -> [B, dim]: cos(t * f_i) in the first half, sin(t * f_i) in the
+    second, f_i = max_period ** (-i / (dim // 2)) for i < dim // 2; an odd dim gets a zero last
+    column."""
+    half = dim // 2
+    frequencies = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = jnp.asarray(t, jnp.float32)[:, None] * frequencies[None, :]
+    embedding = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+    if dim % 2:
+        embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+    return embedding
+
+
+class TimeEmbedding(nn.Module):
+    """t [B] -> [B, features]: a `sinusoid_dim` sinusoidal embedding through a SiLU MLP."""
+
+    sinusoid_dim: int
+    features: int
+
+    @nn.compact
+    def __call__(self, t: jnp.ndarray) -> jnp.ndarray:
+        x = sinusoidal_embedding(t, self.sinusoid_dim)
+        x = nn.silu(nn.Dense(self.features, name="dense_in")(x))
+        return nn.Dense(self.features, name="dense_out")(x)
+
+
+class FeedForward(nn.Module):
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        h = nn.gelu(nn.Dense(self.hidden, name="dense_in")(x))
+        return nn.Dense(x.shape[-1], name="dense_out")(h)
+
+
+class SpatialTransformer(nn.Module):
+    """x [B,h,w,C], slots [B,K,D] -> [B,h,w,C]: pixel self-attention, cross-attention from pixels
+    to slots, feed-forward (pre-LayerNorm residuals), added to x through a zero-initialised
+    projection. Slots carry no position, so the output is invariant to their order."""
+
+    num_heads: int = 4
+    num_groups: int = 8
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, slots: jnp.ndarray) -> jnp.ndarray:
+        batch, height, width, channels = x.shape
+        tokens = nn.GroupNorm(self.num_groups, name="norm")(x).reshape(batch, height * width, channels)
+        tokens = nn.Dense(channels, name="proj_in")(tokens)
+        normed = nn.LayerNorm(name="norm_self")(tokens)
+        tokens = tokens + nn.MultiHeadDotProductAttention(self.num_heads, name="self_attn")(normed, normed)
+        normed = nn.LayerNorm(name="norm_cross")(tokens)
+        tokens = tokens + nn.MultiHeadDotProductAttention(self.num_heads, name="cross_attn")(normed, slots)
+        tokens = tokens + FeedForward(4 * channels, name="ff")(nn.LayerNorm(name="norm_ff")(tokens))
+        out = nn.Dense(channels, kernel_init=nn.initializers.zeros, name="proj_out")(tokens)
+        return x + out.reshape(x.shape)
+
+
+class SlotUNet(nn.Module):
+    """(x_t [B,h,w,C], t [B] int, slots [B,K,D]) -> prediction [B,h,w,out_channels or C].
+
+    Level l runs at 1/2**l of the latent resolution with `channels * channel_mult[l]` channels;
+    the levels in `attention_levels` and the middle block cross-attend to the slots. The output
+    conv is zero-initialised, so the untrained network predicts 0.
+    """
+
+    channels: int = 64
+    channel_mult: Sequence[int] = (1, 2, 4)
+    num_res_blocks: int = 1
+    attention_levels: Sequence[int] = (1, 2)
+    num_heads: int = 4
+    num_groups: int = 8
+    out_channels: Optional[int] = None  # None or 0: as many as x_t has
+    conv_impl: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        num_levels = len(self.channel_mult)
+        if num_levels == 0:
+            raise UserError("SlotUNet: channel_mult needs at least one entry (one per resolution level)")
+        outside = [level for level in self.attention_levels if not 0 <= level < num_levels]
+        if outside:
+            raise UserError(f"SlotUNet: attention_levels {list(self.attention_levels)} must lie in "
+                            f"0..{num_levels - 1} (one level per channel_mult entry)")
+        widths = [self.channels] + [self.channels * m for m in self.channel_mult]
+        check_group_norm_widths(widths, self.num_groups, "SlotUNet")
+        attended = sorted({self.width(level) for level in [*self.attention_levels, num_levels - 1]})
+        bad = [w for w in attended if w % self.num_heads]
+        if self.num_heads < 1 or bad:
+            raise UserError(f"SlotUNet: num_heads={self.num_heads} must divide the width of every "
+                            f"attention block ({', '.join(map(str, attended))})")
+
+    def width(self, level: int) -> int:
+        return self.channels * self.channel_mult[level]
+
+    @nn.compact
+    def __call__(self, x_t: jnp.ndarray, t: jnp.ndarray, slots: jnp.ndarray) -> jnp.ndarray:
+        num_levels = len(self.channel_mult)
+        check_divisible_size(*x_t.shape[1:3], 2 ** (num_levels - 1), "SlotUNet")
+        time_emb = TimeEmbedding(self.channels, 4 * self.channels, name="time_embedding")(t)
+
+        def res_block(width, name):
+            return ResBlock(width, self.num_groups, zero_init_last=True, conv_impl=self.conv_impl, name=name)
+
+        def attention_block(name):
+            return SpatialTransformer(self.num_heads, self.num_groups, name=name)
+
+        x = Conv(self.channels, (3, 3), impl=self.conv_impl, name="conv_in")(x_t)
+        skips = [x]
+        for level in range(num_levels):
+            for i in range(self.num_res_blocks):
+                x = res_block(self.width(level), f"down_{level}_res_{i}")(x, time_emb)
+                if level in self.attention_levels:
+                    x = attention_block(f"down_{level}_attn_{i}")(x, slots)
+                skips.append(x)
+            if level < num_levels - 1:
+                x = Downsample(self.width(level), self.conv_impl, name=f"down_{level}_downsample")(x)
+                skips.append(x)
+
+        middle = self.width(num_levels - 1)
+        x = res_block(middle, "middle_res_0")(x, time_emb)
+        x = attention_block("middle_attn")(x, slots)
+        x = res_block(middle, "middle_res_1")(x, time_emb)
+
+        for level in reversed(range(num_levels)):
+            for i in range(self.num_res_blocks + 1):  # one more: also takes the level's entry skip
+                x = jnp.concatenate([x, skips.pop()], axis=-1)
+                x = res_block(self.width(level), f"up_{level}_res_{i}")(x, time_emb)
+                if level in self.attention_levels:
+                    x = attention_block(f"up_{level}_attn_{i}")(x, slots)
+            if level > 0:
+                x = Upsample(self.width(level), self.conv_impl, name=f"up_{level}_upsample")(x)
+
+        x = nn.silu(nn.GroupNorm(self.num_groups, name="norm_out")(x))
+        out_channels = self.out_channels or x_t.shape[-1]
+        return ZeroConv(out_channels, (3, 3), impl=self.conv_impl, name="conv_out")(x)
+
+
+def build_unet(unet_config) -> SlotUNet:
+    """Builds the UNet from a config with the UNet's field names."""
+    c = unet_config
+    return SlotUNet(channels=c.channels, channel_mult=tuple(c.channel_mult),
+                    num_res_blocks=c.num_res_blocks, attention_levels=tuple(c.attention_levels),
+                    num_heads=c.num_heads, num_groups=c.num_groups, out_channels=c.out_channels,
+                    conv_impl=c.conv_impl)

@@ -1,0 +1,140 @@
+"""The slot-conditioned UNet: shapes, zero output at initialisation, invariance to the order of
+the slots, dependence on t and on the slots, the sinusoidal embedding, and config errors."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from slot_jax.errors import UserError
+from slot_jax.models.unet import SlotUNet, TimeEmbedding, build_unet, sinusoidal_embedding
+
+TINY = dict(channels=16, channel_mult=(1, 2), attention_levels=(1,), num_heads=2, num_groups=4)
+
+
+def _inputs(latent_shape=(2, 8, 8, 3), num_slots=3, slot_size=8, seed=0):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    x_t = jax.random.normal(k1, latent_shape)
+    t = jnp.arange(latent_shape[0], dtype=jnp.int32) * 37 + 5
+    slots = jax.random.normal(k2, (latent_shape[0], num_slots, slot_size))
+    return x_t, t, slots
+
+
+def _output_shape(model, x_t, t, slots):
+    """Output shape of `model(x_t, t, slots)` without compiling anything."""
+    return jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x_t, t, slots)[0]).shape
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny UNet, its initial and its perturbed parameters, and a jitted forward pass."""
+    model = SlotUNet(**TINY)
+    x_t, t, slots = _inputs()
+    # The partitionable threefry lowering (jax's default) compiles ~5x slower on XLA:CPU; any
+    # random values do here.
+    with jax.threefry_partitionable(False):
+        initial = jax.jit(model.init)(jax.random.PRNGKey(0), x_t, t, slots)
+    leaves, treedef = jax.tree_util.tree_flatten(initial)
+    rng = np.random.default_rng(0)
+    perturbed = jax.tree_util.tree_unflatten(
+        treedef, [leaf + 0.05 * rng.normal(size=leaf.shape).astype(np.float32) for leaf in leaves])
+    return model, initial, perturbed, jax.jit(model.apply)
+
+
+@pytest.mark.parametrize("latent_shape", [(2, 8, 8, 3), (2, 16, 16, 4), (1, 8, 12, 3)])
+def test_prediction_has_the_shape_of_the_noisy_latent(latent_shape):
+    assert _output_shape(SlotUNet(**TINY), *_inputs(latent_shape)) == latent_shape
+
+
+def test_out_channels_and_three_levels():
+    model = SlotUNet(channels=8, channel_mult=(1, 2, 2), attention_levels=(0, 2), num_heads=2,
+                     num_groups=4, out_channels=6)
+    assert _output_shape(model, *_inputs((2, 16, 8, 3), num_slots=5, slot_size=4)) == (2, 16, 8, 6)
+
+
+def test_prediction_is_zero_at_initialisation_and_not_after_training(tiny):
+    model, initial, perturbed, forward = tiny
+    x_t, t, slots = _inputs()
+    np.testing.assert_array_equal(forward(initial, x_t, t, slots), 0.0)
+    assert float(jnp.abs(forward(perturbed, x_t, t, slots)).max()) > 1e-2
+
+
+def test_prediction_ignores_the_order_of_the_slots(tiny):
+    model, _, params, forward = tiny
+    x_t, t, slots = _inputs()
+    out = forward(params, x_t, t, slots)
+    permuted = forward(params, x_t, t, slots[:, np.array([2, 0, 1])])
+    np.testing.assert_allclose(permuted, out, atol=1e-5, rtol=1e-5)
+
+
+def test_prediction_depends_on_the_time_step_and_on_the_slots(tiny):
+    model, _, params, forward = tiny
+    x_t, t, slots = _inputs()
+    out = forward(params, x_t, t, slots)
+    assert float(jnp.abs(forward(params, x_t, t + 100, slots) - out).max()) > 1e-3
+    other_slots = _inputs(seed=1)[2]
+    assert float(jnp.abs(forward(params, x_t, t, other_slots) - out).max()) > 1e-3
+    # Changing one example's slots leaves the other example's prediction alone.
+    changed = forward(params, x_t, t, slots.at[1].set(other_slots[1]))
+    np.testing.assert_allclose(changed[0], out[0], atol=1e-6)
+    assert float(jnp.abs(changed[1] - out[1]).max()) > 1e-3
+
+
+def test_gradients_are_finite_for_parameters_and_slots(tiny):
+    model, _, params, _ = tiny
+    x_t, t, slots = _inputs()
+    eps = jax.random.normal(jax.random.PRNGKey(5), x_t.shape)
+
+    def loss(p, s):
+        return jnp.mean(jnp.square(model.apply(p, x_t, t, s) - eps))
+
+    grad_params, grad_slots = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, slots)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grad_params))
+    assert bool(jnp.all(jnp.isfinite(grad_slots))) and float(jnp.abs(grad_slots).max()) > 0
+
+
+@pytest.mark.parametrize("dim", [8, 7, 32])
+def test_sinusoidal_embedding_matches_the_formula(dim):
+    t = np.array([0, 1, 17, 999])
+    half = dim // 2
+    frequencies = 10000.0 ** (-np.arange(half) / half)
+    angles = t[:, None] * frequencies[None, :]
+    expected = np.concatenate([np.cos(angles), np.sin(angles), np.zeros((4, dim % 2))], axis=-1)
+    np.testing.assert_allclose(sinusoidal_embedding(jnp.asarray(t), dim), expected, atol=2e-4)
+    np.testing.assert_allclose(sinusoidal_embedding(jnp.asarray(t, jnp.float32), dim), expected, atol=2e-4)
+    np.testing.assert_allclose(sinusoidal_embedding(jnp.array([2.5]), dim, max_period=100.0)[0, :half],
+                               np.cos(2.5 * 100.0 ** (-np.arange(half) / half)), atol=1e-6)
+
+
+def test_time_embedding_is_an_mlp_of_the_sinusoid():
+    embedding = TimeEmbedding(sinusoid_dim=16, features=64)
+    out = jax.eval_shape(lambda: embedding.init_with_output(jax.random.PRNGKey(0), jnp.arange(3))[0])
+    assert out.shape == (3, 64)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(num_groups=8, channels=12), "num_groups=8 must divide every channel count, but not 12"),
+    (dict(attention_levels=(1, 2)), r"attention_levels \[1, 2\] must lie in 0..1"),
+    (dict(attention_levels=(-1,)), "must lie in 0..1"),
+    (dict(num_heads=3), "num_heads=3 must divide the width of every attention block"),
+    (dict(channel_mult=()), "channel_mult needs at least one entry"),
+])
+def test_bad_configs_raise_a_one_line_error(fields, message):
+    with pytest.raises(UserError, match=message) as error:
+        SlotUNet(**{**TINY, **fields})
+    assert "\n" not in str(error.value)
+
+
+def test_latent_size_must_be_a_multiple_of_the_downsampling_factor():
+    with pytest.raises(UserError, match="7x8 must be divisible by 2"):
+        _output_shape(SlotUNet(**TINY), *_inputs((1, 7, 8, 3)))
+
+
+def test_build_unet_from_config():
+    config = ml_collections.ConfigDict(dict(
+        channels=16, channel_mult=(1, 2), num_res_blocks=2, attention_levels=(1,), num_heads=2,
+        num_groups=4, out_channels=0, conv_impl="native"))
+    model = build_unet(config)
+    assert model == SlotUNet(channels=16, channel_mult=(1, 2), num_res_blocks=2, attention_levels=(1,),
+                             num_heads=2, num_groups=4, out_channels=0, conv_impl="native")
+    assert _output_shape(model, *_inputs()) == (2, 8, 8, 3)  # out_channels 0: as many as the latents

@@ -37,12 +37,15 @@ def run(argv) -> int:
         jax.distributed.initialize()
     from slot_jax.config_loader import config_from_args  # after argparse, so --help is instant
     config = config_from_args(args.config, overrides)
-    if args.mode == "train":
+    if config.get("kind") == "slot_diffusion":  # the whole report: autoencoder, VAE, diffusion
+        from slot_jax.pipeline import run_pipeline
+        run_pipeline(config, args.workdir, args.mode)
+    elif args.mode == "train":
         from slot_jax.training.loop import train
         train(config, args.workdir)
     else:
-        from slot_jax.training.evaluate import evaluate
-        evaluate(config, args.workdir)
+        from slot_jax.training.loop import evaluate_latest
+        evaluate_latest(config, args.workdir)
     return 0
 
 

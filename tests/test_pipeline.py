@@ -1,0 +1,120 @@
+"""The report's main job (configs/diffusion.py) end to end on a tiny config: every stage, the
+report, resuming, and bad input refused before anything is trained or overwritten."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from slot_jax import main as cli
+
+DIFFUSION_CONFIG = REPO / "configs" / "diffusion.py"
+
+# Shrinks configs/diffusion.py:quick so that every stage compiles and runs in seconds.
+TINY = {
+    "autoencoder.data.global_batch_size": 8, "autoencoder.model.slot_size": 16, "autoencoder.model.mlp_hidden": 16,
+    "autoencoder.model.encoder.channels": "(8, 8, 8, 8)", "autoencoder.model.encoder.mlp_features": "(16, 16)",
+    "autoencoder.model.decoder.channels": "(8, 8, 8)", "autoencoder.train.num_steps": 2,
+    "autoencoder.train.log_every": 1, "autoencoder.train.warmup_steps": 1, "autoencoder.eval.batch_size": 8,
+    "autoencoder.eval.num_examples": 16, "autoencoder.eval.num_compositions": 8,
+    "autoencoder.eval.kmeans_restarts": 1, "autoencoder.eval.num_figure_rows": 4,
+    "vae.data.global_batch_size": 8, "vae.model.channels": "(8, 8, 8)", "vae.train.num_steps": 2,
+    "vae.train.log_every": 1, "vae.train.warmup_steps": 1, "vae.eval.batch_size": 8, "vae.eval.num_examples": 16,
+    "vae.eval.num_figure_rows": 4,
+    "data.global_batch_size": 8, "model.slot_size": 16, "model.mlp_hidden": 16,
+    "model.encoder.channels": "(8, 8, 8, 8)", "model.encoder.mlp_features": "(16, 16)",
+    "model.unet.channels": 8, "model.unet.num_heads": 2, "train.num_steps": 2, "train.log_every": 1,
+    "train.warmup_steps": 1, "train.checkpoint_every": 2, "eval.batch_size": 8, "eval.num_examples": 16,
+    "eval.num_reconstructions": 4, "eval.num_compositions": 8, "eval.kmeans_restarts": 1,
+    "eval.num_figure_rows": 4, "latent_scale_examples": 16, "sampler.num_steps": 2,
+}
+
+
+def _args(workdir, **overrides):
+    merged = {**TINY, **overrides}
+    return [f"--config={DIFFUSION_CONFIG}:quick", f"--workdir={workdir}"] + [
+        f"--config.{k}={v}" for k, v in merged.items()]
+
+
+def _snapshot(directory):
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run of the whole job (2 steps per stage), shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("pipeline") / "run"
+    assert cli.main(_args(workdir)) == 0
+    return workdir
+
+
+def test_every_stage_is_trained_evaluated_and_reported(trained):
+    autoencoder = json.loads((trained / "autoencoder" / "eval_results.json").read_text())
+    vae = json.loads((trained / "vae" / "eval_results.json").read_text())
+    diffusion = json.loads((trained / "eval_results.json").read_text())
+    assert autoencoder["step"] == vae["step"] == diffusion["step"] == 2
+    assert vae["latent/shape"] == [16, 16, 3]  # 64x64 Multi-dSprites, three levels: x4
+    assert np.isfinite(diffusion["val/loss"]) and diffusion["val/num_images"] == 16
+    assert diffusion["reconstruction/num_images"] == 4 and diffusion["composition/num_images"] == 8
+    assert diffusion["fid/skipped"].startswith(("skipped: Inception weights", "disabled"))
+    for path in ("figures/val_reconstructions.png", "figures/val_slot_masks.png", "figures/compositions.png",
+                 "figures/loss_curves.png", "compositions.npz", "slot_library.npz",
+                 "vae/figures/val_reconstructions.png", "autoencoder/figures/compositions.png"):
+        assert (trained / path).is_file(), path
+    with np.load(trained / "compositions.npz") as compositions:
+        assert compositions["images"].shape == (8, 64, 64, 3) and compositions["slots"].shape == (8, 6, 16)
+    report = (trained / "report.md").read_text()
+    for section in ("## Part 1", "## Part 2", "### Compositional generation", "## Training parameters",
+                    "## Segmentation", "## FID", "(figures/compositions.png)", "(vae/figures/val_reconstructions.png)"):
+        assert section in report, section
+    # The numbers in the report are the run's own.
+    assert f"| diffusion | attention | {diffusion['val/attention/ari']:.4f} |" in report
+    assert f"| autoencoder | decoder | {autoencoder['val/decoder/ari']:.4f} |" in report
+
+
+def test_rerun_skips_finished_stages_and_resumes_the_diffusion_model(trained, capsys):
+    before = _snapshot(trained / "vae")
+    autoencoder_before = _snapshot(trained / "autoencoder")
+    assert cli.main(_args(trained, **{"train.num_steps": 4})) == 0
+    out = capsys.readouterr().out
+    assert "[autoencoder] trained and evaluated at step 2 already" in out
+    assert "[vae] trained and evaluated at step 2 already" in out
+    assert "trained steps 2..4" in out
+    assert _snapshot(trained / "vae") == before and _snapshot(trained / "autoencoder") == autoencoder_before
+    logged = [json.loads(line)["step"] for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert logged[:2] == [1, 2] and max(logged) == 4 and logged.count(1) == 1
+    assert json.loads((trained / "eval_results.json").read_text())["step"] == 4
+
+
+@pytest.mark.parametrize("steps", [0, 1001])
+def test_sampler_step_count_out_of_range_is_refused_before_training(tmp_path, capsys, steps):
+    workdir = tmp_path / "run"
+    assert cli.main(_args(workdir, **{"sampler.num_steps": steps})) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "1..1000" in err and len(err.splitlines()) == 1
+    assert not workdir.exists()
+
+
+def test_vae_checkpoint_of_another_shape_is_refused_before_training(trained, tmp_path, capsys):
+    before = _snapshot(trained / "vae")
+    workdir = tmp_path / "run"
+    code = cli.main(_args(workdir, vae_workdir=trained / "vae", **{"vae.model.latent_channels": 4}))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "latent_channels" in err and len(err.splitlines()) == 1
+    assert not workdir.exists() and _snapshot(trained / "vae") == before
+
+
+def test_slots_of_another_size_are_refused_by_the_sampler(trained):
+    from slot_jax.config_loader import config_from_args
+    from slot_jax.errors import UserError
+    from slot_jax.training.kinds import build_experiment
+    from slot_jax.training.loop import _restore_latest
+
+    overrides = {**{k: str(v) for k, v in TINY.items()}, "vae_workdir": str(trained / "vae")}
+    config = config_from_args(f"{DIFFUSION_CONFIG}:quick", overrides)
+    experiment = build_experiment(config)
+    state = _restore_latest(experiment, trained)
+    decode = experiment.decoder(state.params)
+    with pytest.raises(UserError, match=r"\[N, K, 16\]"):
+        decode(np.zeros((2, 6, 32), np.float32), None)

@@ -176,8 +176,10 @@ def worker_main(args) -> None:
 
 # ----------------------------------------------------------------------------- driver
 
-def run_worker(*extra) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", *extra], capture_output=True, text=True,
+def run_worker(*extra, script=__file__) -> dict:
+    """Runs `script --worker *extra` in a fresh process (this file's workers by default) and returns
+    the dict it prints on its RESULT line."""
+    out = subprocess.run([sys.executable, str(script), "--worker", *extra], capture_output=True, text=True,
                          cwd=REPO, timeout=3600)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):

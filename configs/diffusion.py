@@ -108,7 +108,7 @@ def _quick(c):
     c.vae = _sibling_config("vae", "quick")
     c.autoencoder = _sibling_config("slot_attention", "multi_dsprites")
     a = c.autoencoder
-    a.data.global_batch_size = 32
+    a.data.global_batch_size = 16
     a.model.slot_size = 32
     a.model.mlp_hidden = 64
     a.model.encoder.strides = (1, 2, 1, 1)
@@ -119,10 +119,10 @@ def _quick(c):
     a.model.decoder.strides = (2, 2, 2)
     a.train.warmup_steps = 100
     a.train.decay_steps = 10_000
-    a.train.num_steps = 400
+    a.train.num_steps = 300
     a.train.log_every = 25
-    a.train.eval_every = 200
-    a.train.checkpoint_every = 200
+    a.train.eval_every = 150
+    a.train.checkpoint_every = 150
     a.eval.num_examples = 128
     a.eval.num_compositions = 64
 
@@ -136,14 +136,15 @@ def _quick(c):
     c.sampler.name = "ddim"
     c.sampler.num_steps = 25
     c.sampler.eta = 0.0
-    c.train.num_steps = 600
+    c.data.global_batch_size = 16
+    c.train.num_steps = 800
     c.train.schedule = "warmup_cosine"
     c.train.warmup_steps = 50
     c.train.learning_rate = 4e-4
     c.train.grad_clip_norm = 1.0
     c.train.log_every = 25
-    c.train.eval_every = 300
-    c.train.checkpoint_every = 300
+    c.train.eval_every = 400
+    c.train.checkpoint_every = 400
     c.eval.num_examples = 128
     c.eval.num_reconstructions = 16
     c.eval.num_compositions = 32

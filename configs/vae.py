@@ -52,12 +52,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
     if variant == "quick":
         c.data.name = "multi_dsprites"
-        c.model.channels = (32, 64, 64)  # 64 -> 32 -> 16
-        c.train.num_steps = 600
+        c.data.global_batch_size = 16
+        c.model.channels = (16, 32, 64)  # 64 -> 32 -> 16
+        c.train.num_steps = 500
         c.train.warmup_steps = 50
         c.train.learning_rate = 1e-3
         c.train.log_every = 25
-        c.train.eval_every = 300
-        c.train.checkpoint_every = 300
+        c.train.eval_every = 250
+        c.train.checkpoint_every = 250
         c.eval.num_examples = 128
     return c

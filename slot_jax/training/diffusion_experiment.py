@@ -21,7 +21,7 @@ from slot_jax.training import generation
 from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.diffusion_step import decode_latents, diffusion_eval_step, diffusion_train_step
 from slot_jax.training.evaluate import FIGURE_CELL, format_summary, score_batches, summarise
-from slot_jax.training.experiment import (ExperimentBase, _require, check_common, check_generation,
+from slot_jax.training.experiment import (ExperimentBase, require, check_common, check_generation,
                                           check_slot_encoder, write_atomically)
 from slot_jax.training.state import state_from_params
 from slot_jax.training.vae_experiment import VAEExperiment, check_vae_config, latent_statistics
@@ -40,21 +40,21 @@ def check_diffusion_config(config, info, num_devices: int) -> None:
     check_common(config, num_devices)
     check_slot_encoder(config.model)
     check_generation(config.eval)
-    _require(config.vae.data.name == config.data.name,
+    require(config.vae.data.name == config.data.name,
              f"config.vae.data.name={config.vae.data.name!r} differs from config.data.name={config.data.name!r}: "
              "the VAE must be trained on the images the diffusion model decodes")
     check_vae_config(config.vae, info, num_devices)
     d, s = config.diffusion, config.sampler
-    _require(d.prediction in PREDICTIONS,
+    require(d.prediction in PREDICTIONS,
              f"config.diffusion.prediction={d.prediction!r}: choose one of {', '.join(PREDICTIONS)}")
-    _require(s.name in SAMPLERS, f"config.sampler.name={s.name!r}: choose one of {', '.join(SAMPLERS)}")
+    require(s.name in SAMPLERS, f"config.sampler.name={s.name!r}: choose one of {', '.join(SAMPLERS)}")
     make_noise_schedule(config)  # raises on a bad schedule
     diffusion.sampling_timesteps(d.num_train_steps, s.num_steps)  # raises on a bad step count
-    _require(s.eta >= 0, f"config.sampler.eta={s.eta} must be >= 0")
-    _require(config.eval.num_reconstructions > 0, "config.eval.num_reconstructions must be positive")
-    _require(not config.eval.fid or config.eval.num_reconstructions >= 2,
+    require(s.eta >= 0, f"config.sampler.eta={s.eta} must be >= 0")
+    require(config.eval.num_reconstructions > 0, "config.eval.num_reconstructions must be positive")
+    require(not config.eval.fid or config.eval.num_reconstructions >= 2,
              "FID needs at least 2 images per set: raise config.eval.num_reconstructions or set config.eval.fid=False")
-    _require(config.latent_scale_examples > 0, "config.latent_scale_examples must be positive")
+    require(config.latent_scale_examples > 0, "config.latent_scale_examples must be positive")
 
 
 class DiffusionExperiment(ExperimentBase):
@@ -62,7 +62,7 @@ class DiffusionExperiment(ExperimentBase):
 
     def check(self, config) -> None:
         check_diffusion_config(config, self.info, self.mesh.size)
-        _require(bool(config.vae_workdir),
+        require(bool(config.vae_workdir),
                  "config.vae_workdir is empty: run configs/diffusion.py through `python -m slot_jax.main`, "
                  "which trains or finds the VAE first")
 

@@ -21,7 +21,7 @@ FIGURE_CELL = 96  # small images are enlarged to at least this many pixels in th
 REAL_SAMPLES = {"tetrominoes": "tetrominoes"}  # built-in dataset -> real samples it must transfer to
 
 
-def _local_slice(batch: dict) -> dict:
+def local_slice(batch: dict) -> dict:
     count, index = jax.process_count(), jax.process_index()
     size = len(batch["image"]) // count
     return {k: v[index * size:(index + 1) * size] for k, v in batch.items()}
@@ -35,7 +35,7 @@ def score_batches(experiment, params, batches, *, keep_outputs: int = 0, collect
     """
     per_example, kept_outputs, kept_batch = {}, None, None
     for batch in batches:
-        device_batch = mesh_lib.global_batch(_local_slice(batch), experiment.mesh)
+        device_batch = mesh_lib.global_batch(local_slice(batch), experiment.mesh)
         outputs, results = experiment.eval_step(params, device_batch, experiment.eval_rng())
         if collect:
             results = {**results, "slots": outputs["slots"]}

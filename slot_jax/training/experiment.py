@@ -30,7 +30,7 @@ def dataset_info(config):
         raise UserError(f"config.data.name: {error}") from None
 
 
-def _require(ok, message):
+def require(ok, message):
     if not ok:
         raise UserError(message)
 
@@ -40,39 +40,39 @@ def check_common(config, num_devices: int) -> None:
     t = config.train
     for key, value in (("data.global_batch_size", config.data.global_batch_size),
                        ("eval.batch_size", config.eval.batch_size)):
-        _require(value > 0 and value % num_devices == 0,
+        require(value > 0 and value % num_devices == 0,
                  f"config.{key}={value} must be a positive multiple of the {num_devices} devices")
-    _require(t.num_steps > 0, f"config.train.num_steps={t.num_steps} must be positive")
-    _require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate} must be positive")
-    _require(t.schedule in SCHEDULES, f"config.train.schedule={t.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    require(t.num_steps > 0, f"config.train.num_steps={t.num_steps} must be positive")
+    require(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate} must be positive")
+    require(t.schedule in SCHEDULES, f"config.train.schedule={t.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        _require(t[key] > 0, f"config.train.{key}={t[key]} must be positive")
-    _require(config.eval.num_examples > 0, "config.eval.num_examples must be positive")
+        require(t[key] > 0, f"config.train.{key}={t[key]} must be positive")
+    require(config.eval.num_examples > 0, "config.eval.num_examples must be positive")
 
 
 def check_slot_encoder(m) -> None:
-    _require(m.num_slots > 0 and m.slot_size > 0 and m.num_iterations > 0,
+    require(m.num_slots > 0 and m.slot_size > 0 and m.num_iterations > 0,
              "config.model.num_slots, slot_size and num_iterations must be positive")
-    _require(m.slot_init in ("gaussian", "learned"),
+    require(m.slot_init in ("gaussian", "learned"),
              f"config.model.slot_init={m.slot_init!r}: choose 'gaussian' or 'learned'")
     lengths = {k: len(m.encoder[k]) for k in ("channels", "kernel_sizes", "strides")}
-    _require(len(set(lengths.values())) == 1,
+    require(len(set(lengths.values())) == 1,
              f"config.model.encoder: channels, kernel_sizes and strides need one entry per layer, got {lengths}")
-    _require(m.conv_impl in CONV_IMPLS,
+    require(m.conv_impl in CONV_IMPLS,
              f"config.model.conv_impl={m.conv_impl!r}: choose one of {', '.join(CONV_IMPLS)}")
 
 
 def check_generation(e) -> None:
     """config.eval's compositional generation and FID settings."""
-    _require(e.num_clusters > 0 and e.kmeans_restarts > 0 and e.num_compositions > 0,
+    require(e.num_clusters > 0 and e.kmeans_restarts > 0 and e.num_compositions > 0,
              "config.eval.num_clusters, kmeans_restarts and num_compositions must be positive")
-    _require(e.composition_mode in SAMPLING_MODES,
+    require(e.composition_mode in SAMPLING_MODES,
              f"config.eval.composition_mode={e.composition_mode!r}: choose one of {', '.join(SAMPLING_MODES)}")
-    _require(e.fid_mode in FID_MODES, f"config.eval.fid_mode={e.fid_mode!r}: choose one of {', '.join(FID_MODES)}")
-    _require(e.fid_batch_size > 0, "config.eval.fid_batch_size must be positive")
+    require(e.fid_mode in FID_MODES, f"config.eval.fid_mode={e.fid_mode!r}: choose one of {', '.join(FID_MODES)}")
+    require(e.fid_batch_size > 0, "config.eval.fid_batch_size must be positive")
     if e.fid and e.fid_weights:
         resolve_weights_path(e.fid_weights)  # a configured path must exist: fail now, not after training
-    _require(not e.fid or (e.num_examples >= 2 and e.num_compositions >= 2),
+    require(not e.fid or (e.num_examples >= 2 and e.num_compositions >= 2),
              "FID needs at least 2 images per set: raise config.eval.num_examples and num_compositions, "
              "or set config.eval.fid=False")
 
@@ -83,14 +83,14 @@ def check_config(config, info, num_devices: int) -> None:
     m = config.model
     check_slot_encoder(m)
     lengths = {k: len(m.decoder[k]) for k in ("channels", "kernel_sizes", "strides")}
-    _require(len(set(lengths.values())) == 1,
+    require(len(set(lengths.values())) == 1,
              f"config.model.decoder: channels, kernel_sizes and strides need one entry per layer, got {lengths}")
     scale = int(np.prod(m.decoder.strides))
     out = tuple(b * scale for b in m.decoder.broadcast_size)
-    _require(out == tuple(info.image_size),
+    require(out == tuple(info.image_size),
              f"config.model.decoder: broadcast_size {tuple(m.decoder.broadcast_size)} x strides {scale} gives "
              f"{out}, but {info.name} images are {tuple(info.image_size)}")
-    _require(m.decoder.upsample in UPSAMPLE_IMPLS,
+    require(m.decoder.upsample in UPSAMPLE_IMPLS,
              f"config.model.decoder.upsample={m.decoder.upsample!r}: choose one of {', '.join(UPSAMPLE_IMPLS)}")
     check_generation(config.eval)
 

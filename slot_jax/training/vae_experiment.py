@@ -8,30 +8,31 @@ import json
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from slot_jax.data.pipeline import eval_batches
 from slot_jax.evaluation import figures
+from slot_jax.models.conv import CONV_IMPLS
 from slot_jax.models.vae import build_vae
 from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.diffusion_step import vae_eval_step, vae_train_step
-from slot_jax.training.evaluate import FIGURE_CELL, format_summary, score_batches
-from slot_jax.training.experiment import ExperimentBase, _require, check_common, write_atomically
+from slot_jax.training.evaluate import FIGURE_CELL, local_slice, format_summary, score_batches
+from slot_jax.training.experiment import ExperimentBase, require, check_common, write_atomically
 from slot_jax.training.state import state_from_params
-from slot_jax.models.conv import CONV_IMPLS
 
 
 def check_vae_config(config, info, num_devices: int) -> None:
     check_common(config, num_devices)
     m = config.model
-    _require(len(m.channels) > 0, "config.model.channels needs one entry per resolution level")
+    require(len(m.channels) > 0, "config.model.channels needs one entry per resolution level")
     factor = 2 ** (len(m.channels) - 1)
     height, width = info.image_size
-    _require(height % factor == 0 and width % factor == 0,
+    require(height % factor == 0 and width % factor == 0,
              f"config.model.channels has {len(m.channels)} levels, a downsampling factor of {factor}, but "
              f"{info.name} images are {height}x{width}: use a dataset whose size divides by {factor} or fewer levels")
-    _require(m.latent_channels > 0, "config.model.latent_channels must be positive")
-    _require(m.conv_impl in CONV_IMPLS, f"config.model.conv_impl={m.conv_impl!r}: choose one of {', '.join(CONV_IMPLS)}")
-    _require(config.train.kl_weight >= 0, f"config.train.kl_weight={config.train.kl_weight} must be >= 0")
+    require(m.latent_channels > 0, "config.model.latent_channels must be positive")
+    require(m.conv_impl in CONV_IMPLS, f"config.model.conv_impl={m.conv_impl!r}: choose one of {', '.join(CONV_IMPLS)}")
+    require(config.train.kl_weight >= 0, f"config.train.kl_weight={config.train.kl_weight} must be >= 0")
 
 
 def latent_statistics(means: np.ndarray) -> dict:
@@ -104,8 +105,9 @@ class VAEExperiment(ExperimentBase):
         encode = jax.jit(lambda p, image: self.model.apply({"params": p}, image, method=self.model.encode)["mean"])
         means = []
         for batch in eval_batches(self.info, split, count, c.eval.batch_size, c.data.seed):
-            image = mesh_lib.global_batch({"image": batch["image"].astype(np.float32) / 255.0}, self.mesh)["image"]
-            means.append(np.asarray(encode(params, image))[batch["valid"]])
+            local = local_slice({"image": batch["image"].astype(np.float32) / 255.0})
+            mean = encode(params, mesh_lib.global_batch(local, self.mesh)["image"])
+            means.append(np.asarray(multihost_utils.process_allgather(mean, tiled=True))[batch["valid"]])
         return np.concatenate(means)
 
 

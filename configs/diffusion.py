@@ -11,7 +11,8 @@ Variants:
           0.95 per epoch, batch 32, 38 epochs)
   lsd     the same data with LSD's diffusion recipe (sqrt-linear betas 0.00085..0.012, warmup +
           cosine with clipping, DPM-Solver++ with 25 steps)
-  quick   built-in Multi-dSprites at 64x64, every stage small: about 15 minutes on 2 CPU cores
+  quick   built-in Multi-dSprites at 64x64, every stage small, v-prediction and DDIM-25: about 15
+          minutes on 2 CPU cores
 """
 import importlib.util
 import pathlib
@@ -133,6 +134,9 @@ def _quick(c):
     m.unet.channels = 32
     m.unet.channel_mult = (1, 2)  # 16x16 and 8x8 latents
     m.unet.attention_levels = (1,)
+    # v-prediction: with the same 800 steps and seed, images sampled from their own slots had
+    # MSE 0.026 against 0.126 with epsilon (whose x0 estimates blow up at large t this early).
+    c.diffusion.prediction = "v"
     c.sampler.name = "ddim"
     c.sampler.num_steps = 25
     c.sampler.eta = 0.0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs slot_jax on every worker of a Cloud TPU VM slice (one process per host).
 #
-#   launch/tpu_vm.sh TPU_NAME ZONE "--config=configs/slot_attention.py:scenes --workdir=/mnt/shared/run"
+#   launch/tpu_vm.sh TPU_NAME ZONE "--config=configs/diffusion.py --workdir=/mnt/shared/run"
+#   launch/tpu_vm.sh TPU_NAME ZONE "--config=configs/slot_attention.py:scenes --workdir=/mnt/shared/sa"
 #
 # Each host installs the checked-out code and starts the same command; jax.distributed picks up the
 # slice's topology, the global batch is split across hosts by slot_jax's input pipeline, and the

@@ -105,9 +105,19 @@ def write_report(config, workdir: pathlib.Path, workdirs: dict) -> pathlib.Path:
             continue
         stage_dir, summary = workdirs[name], results[name]
         lines += [f"## {title}", "", "### Model", *_model_lines(configs[name], name), ""]
-        lines += ["### Figures", "",
+        if name == "autoencoder":
+            recon = (f"Validation reconstruction MSE {_fmt(summary.get('val/loss'))} over "
+                     f"{_fmt(summary.get('val/num_images'))} images. Columns: input | reconstruction | "
+                     "segmentation | one per slot.")
+        else:
+            recon = (f"Each validation image next to an image sampled from its own slots: MSE "
+                     f"{_fmt(summary.get('reconstruction/mse'))} over {_fmt(summary.get('reconstruction/num_images'))}"
+                     f" images; denoising loss {_fmt(summary.get('val/loss'))}.")
+        lines += ["### Figures", "", recon, "",
                   _figure(workdir, stage_dir / "figures" / "val_reconstructions.png",
                           "validation images and reconstructions"), "",
+                  _figure(workdir, stage_dir / "figures" / "val_segmentation_attention.png",
+                          "segmentation from the attention: input | truth | prediction"), "",
                   _figure(workdir, stage_dir / "figures" / "val_slot_masks.png", "slot masks"), "",
                   _figure(workdir, stage_dir / "figures" / "loss_curves.png", "loss curves"), "",
                   "### Compositional generation", "",
@@ -129,7 +139,7 @@ def write_report(config, workdir: pathlib.Path, workdirs: dict) -> pathlib.Path:
     lines += ["## Training parameters", "", *_training_table(configs), "",
               "## Segmentation (ARI family, validation split)", "",
               "ARI over all pixels, FG-ARI without the background, mBO and Hungarian mIoU per image; "
-              "the published column is the original report's ARI.", "", *_scores_table(results), "",
+              "the published column is the original report's ARI, measured on its own dataset rather than this one.", "", *_scores_table(results), "",
               "## FID", "", *_fid_lines(results), ""]
     path = workdir / "report.md"
     write_atomically(path, "\n".join(lines))

@@ -10,6 +10,7 @@ import pathlib
 import jax
 
 from slot_jax.data.builtin import get_dataset
+from slot_jax.report import write_report
 from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.diffusion_experiment import check_diffusion_config
 from slot_jax.training.experiment import check_config, dataset_info, prepare_workdir
@@ -42,27 +43,30 @@ def completed(stage_config, workdir: pathlib.Path) -> bool:
         return False
 
 
-def check_all(config, workdirs: dict) -> None:
-    """Every stage's config, and a VAE checkpoint that is already there, are checked before the
-    first stage trains: a mismatch must not surface after an hour of autoencoder training."""
+def check_all(config, workdirs: dict, configs: dict) -> None:
+    """Every stage's config, and the checkpoints already in the stages' workdirs, are checked
+    before the first stage trains: a mismatch must not surface after an hour of training, and a
+    finished stage must not be skipped when its config has changed."""
     num_devices = len(jax.devices())
     if config.run_autoencoder:
         check_config(config.autoencoder, dataset_info(config.autoencoder), num_devices)
     check_diffusion_config(config, get_dataset(config.data.name), num_devices)
-    if (workdirs["vae"] / "checkpoints").is_dir():
-        checkpointer = Checkpointer(workdirs["vae"], async_save=False)
+    for name, stage_workdir in workdirs.items():
+        if not (stage_workdir / "checkpoints").is_dir():
+            continue
+        checkpointer = Checkpointer(stage_workdir, async_save=False)
         try:
             if checkpointer.latest_step() is not None:
-                checkpointer.check_architecture(config.vae)
+                checkpointer.check_architecture(configs[name])
         finally:
             checkpointer.close()
 
 
 def run_pipeline(config, workdir, mode: str) -> dict:
     workdirs = stage_workdirs(config, pathlib.Path(workdir))
-    check_all(config, workdirs)
-    workdir = prepare_workdir(workdir, create=mode == "train")
     configs = stage_configs(config, workdirs)
+    check_all(config, workdirs, configs)
+    workdir = prepare_workdir(workdir, create=mode == "train")
     results = {}
     for name, stage_workdir in workdirs.items():
         stage_config = configs[name]
@@ -74,7 +78,6 @@ def run_pipeline(config, workdir, mode: str) -> dict:
         print(f"[{name}] {'training' if mode == 'train' else 'evaluating'} in {stage_workdir}", flush=True)
         results[name] = (train if mode == "train" else evaluate_latest)(stage_config, stage_workdir)
     if jax.process_index() == 0:
-        from slot_jax.report import write_report
         path = write_report(config, workdir, workdirs)
         print(f"report written to {path}", flush=True)
     return results

@@ -105,6 +105,14 @@ def test_vae_checkpoint_of_another_shape_is_refused_before_training(trained, tmp
     assert not workdir.exists() and _snapshot(trained / "vae") == before
 
 
+def test_a_finished_stage_whose_config_changed_is_refused_not_skipped(trained, capsys):
+    before = _snapshot(trained)
+    assert cli.main(_args(trained, **{"autoencoder.model.slot_size": 24})) == 2
+    err = capsys.readouterr().err.strip()
+    assert "slot_size" in err and "autoencoder" in err and len(err.splitlines()) == 1
+    assert _snapshot(trained) == before
+
+
 def test_slots_of_another_size_are_refused_by_the_sampler(trained):
     from slot_jax.config_loader import config_from_args
     from slot_jax.errors import UserError
@@ -118,3 +126,17 @@ def test_slots_of_another_size_are_refused_by_the_sampler(trained):
     decode = experiment.decoder(state.params)
     with pytest.raises(UserError, match=r"\[N, K, 16\]"):
         decode(np.zeros((2, 6, 32), np.float32), None)
+
+
+def test_eval_mode_rescores_every_stage_and_rewrites_the_report(trained, capsys):
+    checkpoints = {stage: _snapshot(trained / stage / "checkpoints") for stage in ("vae", "autoencoder")}
+    (trained / "report.md").unlink()
+    assert cli.main(_args(trained) + ["--mode=eval"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("autoencoder", "vae", "diffusion"):
+        assert f"[{stage}] evaluating in" in out
+    assert (trained / "report.md").is_file()
+    latest = max(int(p.name) for p in (trained / "checkpoints").iterdir() if p.name.isdigit())
+    assert json.loads((trained / "eval_results.json").read_text())["step"] == latest
+    for stage, before in checkpoints.items():
+        assert _snapshot(trained / stage / "checkpoints") == before  # evaluation writes no checkpoint

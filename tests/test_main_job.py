@@ -117,12 +117,12 @@ def test_slots_of_another_size_are_refused_by_the_sampler(trained):
     from slot_jax.config_loader import config_from_args
     from slot_jax.errors import UserError
     from slot_jax.training.kinds import build_experiment
-    from slot_jax.training.loop import _restore_latest
+    from slot_jax.training.loop import restore_latest
 
     overrides = {**{k: str(v) for k, v in TINY.items()}, "vae_workdir": str(trained / "vae")}
     config = config_from_args(f"{DIFFUSION_CONFIG}:quick", overrides)
     experiment = build_experiment(config)
-    state = _restore_latest(experiment, trained)
+    state = restore_latest(experiment, trained)
     decode = experiment.decoder(state.params)
     with pytest.raises(UserError, match=r"\[N, K, 16\]"):
         decode(np.zeros((2, 6, 32), np.float32), None)

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slot_jax.data.pipeline import eval_batches
 from slot_jax.errors import UserError
 from slot_jax.evaluation import figures
 from slot_jax.models import diffusion
@@ -20,15 +19,11 @@ from slot_jax.models.slot_diffusion import build_slot_diffusion
 from slot_jax.training import generation
 from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.diffusion_step import decode_latents, diffusion_eval_step, diffusion_train_step
-from slot_jax.training.evaluate import FIGURE_CELL, format_summary, score_batches, summarise
+from slot_jax.training.evaluate import FIGURE_CELL, format_summary, score_split, summarise
 from slot_jax.training.experiment import (ExperimentBase, require, check_common, check_generation,
                                           check_slot_encoder, write_atomically)
 from slot_jax.training.state import state_from_params
 from slot_jax.training.vae_experiment import VAEExperiment, check_vae_config, latent_statistics
-
-PREDICTIONS = ("epsilon", "v", "sample")
-SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
-
 
 def make_noise_schedule(config):
     d = config.diffusion
@@ -45,9 +40,10 @@ def check_diffusion_config(config, info, num_devices: int) -> None:
              "the VAE must be trained on the images the diffusion model decodes")
     check_vae_config(config.vae, info, num_devices)
     d, s = config.diffusion, config.sampler
-    require(d.prediction in PREDICTIONS,
-             f"config.diffusion.prediction={d.prediction!r}: choose one of {', '.join(PREDICTIONS)}")
-    require(s.name in SAMPLERS, f"config.sampler.name={s.name!r}: choose one of {', '.join(SAMPLERS)}")
+    require(d.prediction in diffusion.PREDICTIONS,
+            f"config.diffusion.prediction={d.prediction!r}: choose one of {', '.join(diffusion.PREDICTIONS)}")
+    require(s.name in diffusion.SAMPLERS,
+            f"config.sampler.name={s.name!r}: choose one of {', '.join(diffusion.SAMPLERS)}")
     make_noise_schedule(config)  # raises on a bad schedule
     diffusion.sampling_timesteps(d.num_train_steps, s.num_steps)  # raises on a bad step count
     require(s.eta >= 0, f"config.sampler.eta={s.eta} must be >= 0")
@@ -127,19 +123,14 @@ class DiffusionExperiment(ExperimentBase):
             return self._sample(params, self.frozen, jnp.asarray(slots), key)
         return decode
 
-    def _score(self, params, keep_outputs: int = 0, collect: bool = False):
-        c = self.config
-        batches = eval_batches(self.info, "val", c.eval.num_examples, c.eval.batch_size, c.data.seed)
-        return score_batches(self, params, batches, keep_outputs=keep_outputs, collect=collect)
-
     def validate(self, params) -> dict:
-        per_example, _, _ = self._score(params)
+        per_example, _, _ = score_split(self, params)
         return summarise(per_example, "val", sources=("attention",))
 
     def evaluate(self, workdir, state) -> dict:
         c = self.config
         rows = c.eval.num_figure_rows
-        per_example, outputs, batch = self._score(state.params, keep_outputs=rows, collect=True)
+        per_example, outputs, batch = score_split(self, state.params, keep_outputs=rows, collect=True)
         step = int(jax.device_get(state.step))
         summary = {"step": step, "vae/step": self.vae_step, "latent/scale": float(self.frozen["latent_scale"]),
                    **summarise(per_example, "val", sources=("attention",))}

@@ -28,12 +28,13 @@ def vae_train_step(state, batch, *, model, optimizer, kl_weight: float):
 
 
 def vae_eval_step(params, batch, rng, *, model, kl_weight: float):
-    """Reconstructs from the posterior mean; per-example loss terms."""
+    """Reconstructs from the posterior mean; per-example loss terms and posterior means."""
     del rng  # deterministic
     image = images_to_float(batch["image"])
     outputs = model.apply({"params": params}, image, sample_posterior=False)
     terms = vae_loss(outputs, image, kl_weight)
-    return outputs, {"loss": terms["total"], "recon_mse": terms["recon"], "kl": terms["kl"], "valid": batch["valid"]}
+    return outputs, {"loss": terms["total"], "recon_mse": terms["recon"], "kl": terms["kl"],
+                     "latent_mean": outputs["mean"], "valid": batch["valid"]}
 
 
 def encode_latents(vae, frozen, image):

@@ -74,13 +74,17 @@ def summarise(per_example: dict, prefix: str, sources=("decoder", "attention")) 
     return summary
 
 
+def score_split(experiment, params, split: str = "val", num_examples: int | None = None, **kwargs):
+    """`score_batches` over the first examples of a split (config.eval.num_examples by default)."""
+    c = experiment.config
+    batches = eval_batches(experiment.info, split, num_examples or c.eval.num_examples, c.eval.batch_size,
+                           c.data.seed)
+    return score_batches(experiment, params, batches, **kwargs)
+
+
 def run_validation(experiment, params, *, keep_outputs: int = 0, collect: bool = False):
     """(summary, first outputs, first batch), plus the per-example results when `collect`."""
-    config = experiment.config
-    batches = eval_batches(experiment.info, "val", config.eval.num_examples, config.eval.batch_size,
-                           config.data.seed)
-    per_example, outputs, batch = score_batches(experiment, params, batches, keep_outputs=keep_outputs,
-                                                collect=collect)
+    per_example, outputs, batch = score_split(experiment, params, keep_outputs=keep_outputs, collect=collect)
     if collect:
         return summarise(per_example, "val"), outputs, batch, per_example
     return summarise(per_example, "val"), outputs, batch

@@ -86,7 +86,7 @@ def apply_plateau(config, state, val_loss: float):
                          plateau_bad_evals=put(plateau.bad_evals, np.int32))
 
 
-def _restore_latest(experiment, workdir):
+def restore_latest(experiment, workdir):
     checkpointer = Checkpointer(workdir, keep=experiment.config.train.keep_checkpoints, async_save=False)
     try:
         if checkpointer.latest_step() is None:
@@ -100,4 +100,4 @@ def evaluate_latest(config, workdir) -> dict:
     """Scores the workdir's latest checkpoint (`--mode=eval`)."""
     workdir = prepare_workdir(workdir, create=False)
     experiment = build_experiment(config)
-    return experiment.evaluate(workdir, _restore_latest(experiment, workdir))
+    return experiment.evaluate(workdir, restore_latest(experiment, workdir))

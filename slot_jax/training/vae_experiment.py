@@ -8,15 +8,12 @@ import json
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from slot_jax.data.pipeline import eval_batches
 from slot_jax.evaluation import figures
 from slot_jax.models.conv import CONV_IMPLS
 from slot_jax.models.vae import build_vae
-from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.diffusion_step import vae_eval_step, vae_train_step
-from slot_jax.training.evaluate import FIGURE_CELL, local_slice, format_summary, score_batches
+from slot_jax.training.evaluate import FIGURE_CELL, format_summary, score_split
 from slot_jax.training.experiment import ExperimentBase, require, check_common, write_atomically
 from slot_jax.training.state import state_from_params
 
@@ -69,20 +66,15 @@ class VAEExperiment(ExperimentBase):
         self.eval_step = jax.jit(functools.partial(vae_eval_step, model=self.model, kl_weight=kl_weight),
                                  in_shardings=(repl, data, repl), out_shardings=(data, data))
 
-    def _score(self, params, keep_outputs: int = 0):
-        c = self.config
-        batches = eval_batches(self.info, "val", c.eval.num_examples, c.eval.batch_size, c.data.seed)
-        return score_batches(self, params, batches, keep_outputs=keep_outputs)
-
     def validate(self, params) -> dict:
-        per_example, _, _ = self._score(params)
+        per_example, _, _ = score_split(self, params)
         return summarise_vae(per_example)
 
     def evaluate(self, workdir, state) -> dict:
         rows = self.config.eval.num_figure_rows
-        per_example, outputs, batch = self._score(state.params, keep_outputs=rows)
+        per_example, outputs, batch = score_split(self, state.params, keep_outputs=rows)
         summary = {"step": int(jax.device_get(state.step)), **summarise_vae(per_example)}
-        summary.update(latent_statistics(self.posterior_means(state.params)))
+        summary.update(latent_statistics(per_example["latent_mean"][per_example["valid"].astype(bool)]))
         if jax.process_index() == 0:
             figure_dir = workdir / "figures"
             images = batch["image"].astype(np.float32) / 255.0
@@ -100,15 +92,8 @@ class VAEExperiment(ExperimentBase):
 
     def posterior_means(self, params, split: str = "val", num_examples: int | None = None) -> np.ndarray:
         """Posterior means [N, h, w, C] of the first images of a split."""
-        c = self.config
-        count = num_examples or c.eval.num_examples
-        encode = jax.jit(lambda p, image: self.model.apply({"params": p}, image, method=self.model.encode)["mean"])
-        means = []
-        for batch in eval_batches(self.info, split, count, c.eval.batch_size, c.data.seed):
-            local = local_slice({"image": batch["image"].astype(np.float32) / 255.0})
-            mean = encode(params, mesh_lib.global_batch(local, self.mesh)["image"])
-            means.append(np.asarray(multihost_utils.process_allgather(mean, tiled=True))[batch["valid"]])
-        return np.concatenate(means)
+        per_example, _, _ = score_split(self, params, split, num_examples)
+        return per_example["latent_mean"][per_example["valid"].astype(bool)]
 
 
 def summarise_vae(per_example: dict) -> dict:

@@ -8,7 +8,6 @@ computes, with about k*k/ceil(k/s)^2 times fewer multiplications and none of the
 convolutions that XLA's CPU backend runs slowly.
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src.lax.convolution import _conv_transpose_padding  # the padding lax.conv_transpose uses

@@ -1,7 +1,6 @@
 """FID/KID API and command line: inputs, statistics caching, errors, and running without torch."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -10,7 +9,6 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, random_inception_variables, save_inception_pth
-from slot_jax import fid as fid_cli
 from slot_jax.evaluation import fid as fid_lib
 from slot_jax.evaluation import fid_score
 from slot_jax.evaluation.fid_score import FIDInputError, Statistics, as_uint8_images, load_images

@@ -2,7 +2,7 @@
 the samplers' images/s in JAX.
 
     python benchmarks/diffusion_speed.py [--part train,sampling] [--quick]
-        train:    [--unets quick,report] [--batches 8,32] [--jax_variants auto,native]
+        train:    [--unets quick,report] [--batches 8,32] [--jax_variants auto+ynn,auto]
                   [--rounds 2] [--steps 4] [--warmup 2] [--full_step] [--no_compile_cache]
         sampling: [--sample_runs quick:ddpm:1000,quick:ddim:50,...] [--sample_batch 8]
                   [--sample_warmup_below 5] [--sample_repeats 1] [--sample_variant auto]
@@ -12,8 +12,9 @@ and :report (32x32x3 latents, 11 slots of 64): forward, backward and Adam (lr 4e
 the epsilon-MSE at uniformly random t, noise drawn anew each step, on fixed random latents and
 random slots. JAX runs the project's step pattern, jitted with the state donated (the update
 through training.step.apply_gradients_if_finite, which also takes the gradient and update
-norms), once per conv lowering in --jax_variants (`auto`, what the configs use, and `native`, XLA's
-own convolution); PyTorch runs benchmarks/torch_unet_twin.py eagerly with torch.optim.Adam. The
+norms), once per conv lowering in --jax_variants (`auto`, what the configs use, `native`, XLA's
+own convolution, ...; a "+ynn" suffix keeps XLA's YNNPACK convolutions instead of the Eigen ones
+slot_jax selects, see slot_jax/xla_cpu.py); PyTorch runs benchmarks/torch_unet_twin.py eagerly with torch.optim.Adam. The
 twin computes the same function (tests/models/test_torch_unet_twin.py), so the two do equal work.
 --full_step adds, JAX only, the whole slot-diffusion step of training/diffusion_step.py (CNN
 encoder + Slot Attention on the dataset's images, a randomly initialised frozen VAE encoder, the
@@ -61,7 +62,7 @@ RESULTS = HERE / "results" / "diffusion_speed.jsonl"
 CONFIG = REPO / "configs" / "diffusion.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 sys.path.insert(0, str(HERE))
-from train_throughput import image_size, machine, peak_rss_mb, run_worker  # noqa: E402
+from train_throughput import YNN_SUFFIX, image_size, machine, peak_rss_mb, run_worker, worker_env  # noqa: E402
 
 UNETS = ("quick", "report")  # variants of configs/diffusion.py
 SAMPLE_RUNS = ("quick:ddpm:1000,quick:ddim:50,quick:ddim:25,quick:dpm_solver++:25,"
@@ -73,6 +74,7 @@ LEARNING_RATE = 4e-4
 
 def diffusion_config(unet: str, conv_impl: str = "auto"):
     from slot_jax.config_loader import config_from_args
+    conv_impl = conv_impl.removesuffix(YNN_SUFFIX)
     return config_from_args(f"{CONFIG}:{unet}", {
         "model.unet.conv_impl": conv_impl, "model.conv_impl": conv_impl, "vae.model.conv_impl": conv_impl})
 
@@ -314,8 +316,8 @@ def worker_main(args) -> None:
 
 # ----------------------------------------------------------------------------- driver
 
-def worker(*extra) -> dict:
-    return run_worker(*extra, script=__file__)
+def worker(*extra, variant: str = "") -> dict:
+    return run_worker(*extra, script=__file__, env=worker_env(variant))
 
 
 def run_train(args, peaks: dict) -> list:
@@ -351,7 +353,7 @@ def _train_rows(args, peaks, entries, unet) -> list:
                 framework = "torch" if label == "torch" else "jax"
                 print(f"  train {unet} batch {batch} {label} (round {round_index + 1})", flush=True)
                 result = worker("--task", task, "--framework", framework, "--unet", unet, "--batch", str(batch),
-                                "--jax_variant", variant, *common)
+                                "--jax_variant", variant, *common, variant=variant)
                 slot = times.setdefault(label, {"times": [], "peak_rss_mb": 0.0,
                                                 "first_step_s": result["first_step_s"]})
                 slot["times"] += result["times"]
@@ -383,7 +385,7 @@ def run_sampling(args, peaks: dict) -> list:
         result = worker("--task", "sample", "--unet", unet, "--sampler", sampler, "--sample_steps", steps,
                         "--batch", str(args.sample_batch), "--jax_variant", args.sample_variant,
                         "--sample_repeats", str(args.sample_repeats),
-                        "--sample_warmup_below", str(args.sample_warmup_below))
+                        "--sample_warmup_below", str(args.sample_warmup_below), variant=args.sample_variant)
         seconds, steps = statistics.median(result["times"]), int(steps)
         gflops = flops[unet] * steps * args.sample_batch / seconds / 1e9
         rows.append({"part": "sampling", "unet": unet, "batch": args.sample_batch, "sampler": sampler,
@@ -443,8 +445,9 @@ def main(argv=None) -> int:
                              + " (flags given explicitly still win)")
     parser.add_argument("--unets", default="quick,report", help="train part: configs/diffusion.py variants")
     parser.add_argument("--batches", default="8,32", help="train part")
-    parser.add_argument("--jax_variants", default="auto,native",
-                        help="train part: model.unet.conv_impl values to time (auto, native, im2col, output_shift)")
+    parser.add_argument("--jax_variants", default="auto+ynn,auto",
+                        help="train part: model.unet.conv_impl values to time (auto, native, im2col, output_shift), "
+                             "each optionally with +ynn (XLA's YNNPACK convolutions)")
     parser.add_argument("--rounds", type=int, default=2, help="train part: rounds of alternating implementations")
     parser.add_argument("--steps", type=int, default=4, help="train part: timed steps per worker")
     parser.add_argument("--warmup", type=int, default=2, help="train part: untimed steps per worker (compile)")
@@ -464,7 +467,7 @@ def main(argv=None) -> int:
                              "a longer one is the timed call (0: always warm up)")
     parser.add_argument("--sample_repeats", type=int, default=1,
                         help="sampling part: timed calls per run after a warm-up")
-    parser.add_argument("--sample_variant", default="auto", help="sampling part: model.unet.conv_impl")
+    parser.add_argument("--sample_variant", default="auto", help="sampling part: model.unet.conv_impl (+ynn as above)")
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**QUICK_DEFAULTS)

@@ -1,12 +1,16 @@
 """Train-step throughput: slot_jax's jitted step against a PyTorch eager twin of the same model.
 
     python benchmarks/train_throughput.py [--models small64,report128] [--batches 8,32]
-        [--rounds 2] [--steps 5] [--jax_variants subpixel/native,auto/auto]
+        [--rounds 2] [--steps 5] [--jax_variants auto/auto+ynn,auto/auto]
 
 Each measurement runs in its own subprocess (so peak memory is that framework's alone), the
 frameworks alternate, every step is timed after warm-up, and the median is kept. A float32
 matmul measured in the same run gives the machine's peak. Prints a table and appends one JSON
 line with the machine to benchmarks/results/train_throughput.jsonl.
+
+A JAX variant ending in "+ynn" runs with SLOT_JAX_YNN_CONVOLUTIONS=1, i.e. with XLA:CPU's default
+YNNPACK convolutions instead of the Eigen ones slot_jax selects (slot_jax/xla_cpu.py), so one run
+shows both.
 """
 import argparse
 import datetime
@@ -25,6 +29,7 @@ REPO = HERE.parent
 RESULTS = HERE / "results" / "train_throughput.jsonl"
 CONFIG = REPO / "configs" / "slot_attention.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
+YNN_SUFFIX = "+ynn"
 
 # name -> (config variant, overrides): the two models of issue #3's table.
 MODELS = {
@@ -38,9 +43,9 @@ MODELS = {
 
 def model_config(name: str, jax_variant: str = "auto/auto"):
     """`jax_variant` is "UPSAMPLE/CONV_IMPL", e.g. "subpixel/native" (see model.decoder.upsample and
-    model.conv_impl); a bare "UPSAMPLE" keeps conv_impl=auto."""
+    model.conv_impl); a bare "UPSAMPLE" keeps conv_impl=auto; a "+ynn" suffix is ignored here."""
     from slot_jax.config_loader import config_from_args
-    upsample, _, conv_impl = jax_variant.partition("/")
+    upsample, _, conv_impl = jax_variant.removesuffix(YNN_SUFFIX).partition("/")
     variant, overrides = MODELS[name]
     return config_from_args(f"{CONFIG}:{variant}", {
         **overrides, "model.decoder.upsample": upsample, "model.conv_impl": conv_impl or "auto"})
@@ -176,11 +181,22 @@ def worker_main(args) -> None:
 
 # ----------------------------------------------------------------------------- driver
 
-def run_worker(*extra, script=__file__) -> dict:
+def worker_env(jax_variant: str) -> dict:
+    """The environment of a worker: a "+ynn" variant keeps XLA's YNNPACK convolutions. (This
+    process imported slot_jax, which put its flag into XLA_FLAGS: the child must not inherit it.)"""
+    from slot_jax import xla_cpu
+    env = {k: v for k, v in os.environ.items() if k != xla_cpu.OPT_OUT}
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f != xla_cpu.FLAG)
+    if jax_variant.endswith(YNN_SUFFIX):
+        env[xla_cpu.OPT_OUT] = "1"
+    return env
+
+
+def run_worker(*extra, script=__file__, env=None) -> dict:
     """Runs `script --worker *extra` in a fresh process (this file's workers by default) and returns
     the dict it prints on its RESULT line."""
     out = subprocess.run([sys.executable, str(script), "--worker", *extra], capture_output=True, text=True,
-                         cwd=REPO, timeout=3600)
+                         cwd=REPO, timeout=3600, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -212,9 +228,10 @@ def main(argv=None) -> int:
     parser.add_argument("--jax_variant", default="auto/auto")
     parser.add_argument("--models", default="small64,report128")
     parser.add_argument("--batches", default="8,32")
-    parser.add_argument("--jax_variants", default="subpixel/native,auto/auto",
+    parser.add_argument("--jax_variants", default="auto/auto+ynn,auto/auto",
                         help="comma-separated UPSAMPLE/CONV_IMPL pairs to time, e.g. transpose/native, "
-                             "subpixel/im2col, auto/auto (the default the configs use)")
+                             "subpixel/im2col, auto/auto (the default the configs use); a +ynn suffix "
+                             "keeps XLA's YNNPACK convolutions")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -237,7 +254,7 @@ def main(argv=None) -> int:
                 for label, variant in order:
                     framework = "torch" if label == "torch" else "jax"
                     result = run_worker("--framework", framework, "--model", name, "--batch", str(batch),
-                                        "--jax_variant", variant, *common)
+                                        "--jax_variant", variant, *common, env=worker_env(variant))
                     slot = times.setdefault(label, {"times": [], "peak_rss_mb": 0.0})
                     slot["times"] += result["times"]
                     slot["peak_rss_mb"] = max(slot["peak_rss_mb"], result["peak_rss_mb"])

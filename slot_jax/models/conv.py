@@ -1,7 +1,7 @@
 """2-D convolution with a choice of lowering, all computing the same function as `lax.conv`.
 
-XLA's CPU convolutions run far below its matmul speed, and worst in the weight gradient. Two
-exact rewrites turn a convolution into one large matmul plus memory shuffles:
+XLA's YNNPACK convolutions on the CPU run far below its matmul speed, and worst in the weight
+gradient. Two exact rewrites turn a convolution into one large matmul plus memory shuffles:
 
 * `im2col`: gather the k*k input patches [N*Ho*Wo, k*k*C] once, multiply by the kernel. The
   patches are kept for the backward pass, which is two matmuls and a shifted sum (custom VJP,
@@ -10,7 +10,8 @@ exact rewrites turn a convolution into one large matmul plus memory shuffles:
   then add the k*k shifted slices. Cheaper than im2col when C > O, e.g. the RGB+mask output layer.
 
 'auto' keeps XLA's native convolution off the CPU (GPU and TPU convolutions are fast) and on the
-CPU picks by the layer's channel ratio (see `resolve_conv_impl`).
+CPU when its Eigen convolutions are in use (slot_jax/xla_cpu.py), which beat both rewrites. Only
+under YNNPACK convolutions does it pick a rewrite by the layer's channel ratio (`resolve_conv_impl`).
 """
 import functools
 from typing import Sequence, Union
@@ -21,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from slot_jax import xla_cpu
+
 CONV_IMPLS = ("auto", "native", "im2col", "output_shift")
 Padding = Union[str, Sequence[tuple[int, int]]]
 
@@ -28,11 +31,11 @@ Padding = Union[str, Sequence[tuple[int, int]]]
 def resolve_conv_impl(impl: str, c_in: int, c_out: int, stride: int, kernel_size: int = 3) -> str:
     if impl != "auto":
         return impl
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or xla_cpu.eigen_convolutions():
         return "native"
-    # Measured on a 2-core x86 CPU (forward + backward): im2col wins on widening layers (RGB
-    # inputs, sub-pixel upsampling with s*s*C outputs), output_shift on strongly narrowing ones
-    # (the 4-channel RGB+mask output), and XLA's own convolution where C_in ~ C_out.
+    # YNNPACK convolutions, measured on a 2-core x86 CPU (forward + backward): im2col wins on
+    # widening layers (RGB inputs, sub-pixel upsampling with s*s*C outputs), output_shift on
+    # strongly narrowing ones (the 4-channel RGB+mask output), XLA's own where C_in ~ C_out.
     if stride == 1 and 4 * c_out <= c_in and kernel_size <= 3:
         return "output_shift"
     if c_out >= 2 * c_in:

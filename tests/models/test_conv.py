@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import SA_CONFIG, TINY_OVERRIDES
+from slot_jax import xla_cpu
 from slot_jax.config_loader import config_from_args
 from slot_jax.models import conv as conv_lib
 from slot_jax.models.autoencoder import build_autoencoder
@@ -84,14 +85,20 @@ def test_output_shift_refuses_strides_and_unknown_impls_are_refused():
         conv2d(x, kernel, 1, "SAME", "winograd")
 
 
-def test_auto_keeps_native_off_the_cpu_and_picks_by_channel_ratio_on_it(monkeypatch):
+def test_auto_keeps_native_off_the_cpu_and_under_eigen_and_picks_by_channel_ratio_under_ynnpack(monkeypatch):
     monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "cpu")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")  # YNNPACK convolutions
     assert resolve_conv_impl("auto", 32, 128, 1) == "im2col"   # widening: sub-pixel upsampling
     assert resolve_conv_impl("auto", 3, 32, 2) == "im2col"     # RGB input
     assert resolve_conv_impl("auto", 32, 4, 1) == "output_shift"
     assert resolve_conv_impl("auto", 32, 4, 2) == "native"     # output_shift is stride 1 only
     assert resolve_conv_impl("auto", 32, 32, 1) == "native"
     assert resolve_conv_impl("native", 32, 4, 1) == "native"
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {xla_cpu.FLAG}")
+    for c_in, c_out, stride in [(32, 128, 1), (3, 32, 2), (32, 4, 1)]:
+        assert resolve_conv_impl("auto", c_in, c_out, stride) == "native"
+    assert resolve_conv_impl("im2col", 32, 4, 1) == "im2col"    # an explicit choice is kept
+    monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "gpu")
     assert resolve_conv_impl("auto", 32, 4, 1) == "native"
 

@@ -1,0 +1,142 @@
+"""Convolution kernels layer by layer: XLA:CPU's Eigen and YNNPACK convolutions against PyTorch.
+
+    python benchmarks/conv_kernels.py [--rounds 2] [--repeats 3]
+
+Times forward + backward (gradients of the input and the kernel, of sum(y^2)) of the convolutions
+that dominate the project's train steps, at their real shapes. Three workers, each in its own
+process, alternating over the rounds: JAX with the Eigen convolutions that `import slot_jax`
+selects (slot_jax/xla_cpu.py), JAX with XLA's default YNNPACK ones (SLOT_JAX_YNN_CONVOLUTIONS=1),
+and PyTorch eager (NCHW Conv2d, its default). Every layer is timed after one warm-up call; the
+best of --repeats calls in each round, then the best over rounds, is kept. Prints a table and
+appends one JSON line with the machine to benchmarks/results/conv_kernels.jsonl.
+"""
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from train_throughput import REPO, machine, run_worker, worker_env  # noqa: E402
+
+RESULTS = HERE / "results" / "conv_kernels.jsonl"
+
+# name: (batch, size, c_in, c_out, kernel, stride). Batches of the Slot Attention decoder are
+# images x slots (32 x 7 = 224, the small64 model of train_throughput.py at batch 32).
+LAYERS = {
+    "SA decoder 8->16 (sub-pixel 32->4x32)": (224, 8, 32, 128, 3, 1),
+    "SA decoder 16->32 (sub-pixel)": (224, 16, 32, 128, 3, 1),
+    "SA decoder 32->64 (sub-pixel)": (224, 32, 32, 128, 3, 1),
+    "SA decoder output (RGB + mask)": (224, 64, 32, 4, 3, 1),
+    "SA encoder RGB input": (32, 64, 3, 32, 5, 1),
+    "SA encoder stride 2": (32, 64, 32, 32, 5, 2),
+    "UNet report 32x32, 64 ch": (32, 32, 64, 64, 3, 1),
+    "UNet report 16x16, 128 ch": (32, 16, 128, 128, 3, 1),
+}
+IMPLS = ("torch", "jax/eigen", "jax/ynn")
+
+
+def flops(batch, size, c_in, c_out, kernel, stride) -> float:
+    """Forward + backward (3x the forward's multiply-adds x 2)."""
+    return 3 * 2 * batch * (size // stride) ** 2 * kernel * kernel * c_in * c_out
+
+
+def _best(run, repeats: int) -> float:
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def jax_worker(repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from slot_jax import xla_cpu
+
+    times = {}
+    for name, (batch, size, c_in, c_out, k, stride) in LAYERS.items():
+        x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, c_in))
+        w = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (k, k, c_in, c_out))
+
+        def loss(x, w):
+            y = lax.conv_general_dilated(x, w, (stride, stride), [(k // 2, k // 2)] * 2,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.sum(y ** 2)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        times[name] = _best(lambda: jax.block_until_ready(grad(x, w)), repeats)
+    return {"times": times, "eigen": xla_cpu.eigen_convolutions()}
+
+
+def torch_worker(repeats: int) -> dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    times = {}
+    for name, (batch, size, c_in, c_out, k, stride) in LAYERS.items():
+        conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2)
+        x = torch.randn(batch, c_in, size, size, requires_grad=True)
+
+        def run():
+            conv.zero_grad(set_to_none=True)
+            x.grad = None
+            conv(x).pow(2).sum().backward()
+
+        times[name] = _best(run, repeats)
+    return {"times": times}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", default="jax/eigen", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = torch_worker(args.repeats) if args.impl == "torch" else jax_worker(args.repeats)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    best = {impl: {} for impl in IMPLS}
+    for round_index in range(args.rounds):
+        for impl in IMPLS if round_index % 2 == 0 else IMPLS[::-1]:
+            print(f"  {impl} (round {round_index + 1})", flush=True)
+            variant = "+ynn" if impl == "jax/ynn" else ""
+            result = run_worker("--impl", impl, "--repeats", str(args.repeats), script=__file__,
+                                env=worker_env(variant))
+            if impl.startswith("jax") and result["eigen"] != (impl == "jax/eigen"):
+                raise RuntimeError(f"{impl} worker ran with the wrong convolutions (eigen={result['eigen']})")
+            for name, seconds in result["times"].items():
+                best[impl][name] = min(best[impl].get(name, float("inf")), seconds)
+    rows = []
+    print(f"{'layer':40} {'shape':28} {'torch s':>8} {'eigen s':>8} {'ynn s':>8} "
+          f"{'eigen GF/s':>10} {'ynn/eigen':>9} {'torch/eigen':>11}")
+    for name, shape in LAYERS.items():
+        t, e, y = (best[impl][name] for impl in IMPLS)
+        batch, size, c_in, c_out, k, stride = shape
+        rows.append({"layer": name, "shape": shape, "torch_s": t, "jax_eigen_s": e, "jax_ynn_s": y,
+                     "eigen_gflops": flops(*shape) / e / 1e9})
+        print(f"{name:40} {f'{batch}x{size}x{size} {c_in}->{c_out} k{k} s{stride}':28} {t:>8.3f} {e:>8.3f} "
+              f"{y:>8.3f} {flops(*shape) / e / 1e9:>10.0f} {y / e:>9.2f} {t / e:>11.2f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as file:
+        file.write(json.dumps({
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=REPO).stdout.strip(),
+            "machine": machine(), "rounds": args.rounds, "repeats": args.repeats, "rows": rows}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,8 +33,16 @@ def flag_is_known(jaxlib_version: str) -> bool:
 
 
 def eigen_convolutions() -> bool:
-    """Whether XLA_FLAGS takes convolutions out of YNNPACK (set by us or by the user)."""
-    return FLAG in os.environ.get("XLA_FLAGS", "").split()
+    """Whether XLA_FLAGS takes convolutions out of YNNPACK (set by us or by the user). The flag's
+    value is either "+a,-b" edits of XLA's default list, or a whole list replacing it."""
+    values = [flag.split("=", 1)[1] for flag in os.environ.get("XLA_FLAGS", "").split()
+              if flag.startswith(f"--{FLAG_NAME}=")]
+    if not values:
+        return False  # XLA's default, which has convolutions in YNNPACK
+    items = [item.strip().lower() for item in values[-1].split(",") if item.strip()]
+    if items and all(item[0] in "+-" for item in items):
+        return "-individual_convolution" in items
+    return "individual_convolution" not in items
 
 
 def prefer_eigen_convolutions() -> bool:

@@ -54,6 +54,21 @@ def test_unknown_jaxlib_release_is_left_alone(env):
     assert os.environ["XLA_FLAGS"] == ""
 
 
+@pytest.mark.parametrize("xla_flags,eigen", [
+    ("", False),
+    ("--xla_force_host_platform_device_count=4", False),
+    (f"--{xla_cpu.FLAG_NAME}=-individual_convolution", True),
+    (f"--{xla_cpu.FLAG_NAME}=-individual_dot,-individual_convolution", True),
+    (f"--{xla_cpu.FLAG_NAME}=-individual_dot", False),
+    (f"--{xla_cpu.FLAG_NAME}=individual_dot", True),          # a whole list without convolutions
+    (f"--{xla_cpu.FLAG_NAME}=individual_dot,individual_convolution", False),
+    (f"--{xla_cpu.FLAG_NAME}=-individual_convolution --{xla_cpu.FLAG_NAME}=+individual_convolution", False),
+])
+def test_reads_whether_convolutions_left_ynnpack_from_any_form_of_the_flag(monkeypatch, xla_flags, eigen):
+    monkeypatch.setenv("XLA_FLAGS", xla_flags)
+    assert xla_cpu.eigen_convolutions() is eigen
+
+
 CHILD = """
 import re, jax, jax.numpy as jnp
 import slot_jax

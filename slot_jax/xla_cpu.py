@@ -1,8 +1,8 @@
 """Chooses XLA:CPU's convolution kernels before JAX starts its CPU backend.
 
 jaxlib 0.8.3 to 0.10 hand convolutions to YNNPACK by default. On the 2-core x86 CPU we develop
-on, XLA's older Eigen convolutions ran the same layers 1.5-2.3x faster for a forward and backward
-pass (benchmarks/conv_kernels.py), and the Slot Attention train step 1.8x faster. So
+on, XLA's older Eigen convolutions ran the same layers 1.1-2.7x faster for a forward and backward
+pass (benchmarks/conv_kernels.py), and whole train steps up to 1.4x faster (README). So
 `import slot_jax` adds one flag to XLA_FLAGS that takes convolutions (only them) out of YNNPACK.
 
 XLA reads XLA_FLAGS once, when the first JAX computation starts the CPU backend, and aborts on a

@@ -11,17 +11,15 @@ best of --repeats calls in each round, then the best over rounds, is kept. Print
 appends one JSON line with the machine to benchmarks/results/conv_kernels.jsonl.
 """
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from train_throughput import REPO, machine, run_worker, worker_env  # noqa: E402
+from train_throughput import append_result, machine, run_worker, worker_env  # noqa: E402
 
 RESULTS = HERE / "results" / "conv_kernels.jsonl"
 
@@ -124,17 +122,12 @@ def main(argv=None) -> int:
     for name, shape in LAYERS.items():
         t, e, y = (best[impl][name] for impl in IMPLS)
         batch, size, c_in, c_out, k, stride = shape
+        eigen_gflops = flops(*shape) / e / 1e9
         rows.append({"layer": name, "shape": shape, "torch_s": t, "jax_eigen_s": e, "jax_ynn_s": y,
-                     "eigen_gflops": flops(*shape) / e / 1e9})
+                     "eigen_gflops": eigen_gflops})
         print(f"{name:40} {f'{batch}x{size}x{size} {c_in}->{c_out} k{k} s{stride}':28} {t:>8.3f} {e:>8.3f} "
-              f"{y:>8.3f} {flops(*shape) / e / 1e9:>10.0f} {y / e:>9.2f} {t / e:>11.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as file:
-        file.write(json.dumps({
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO).stdout.strip(),
-            "machine": machine(), "rounds": args.rounds, "repeats": args.repeats, "rows": rows}) + "\n")
+              f"{y:>8.3f} {eigen_gflops:>10.0f} {y / e:>9.2f} {t / e:>11.2f}")
+    append_result(RESULTS, machine=machine(), rounds=args.rounds, repeats=args.repeats, rows=rows)
     return 0
 
 

@@ -43,7 +43,6 @@ with the machine to benchmarks/results/diffusion_speed.jsonl. The defaults take 
 minutes on a 2-core x86 CPU; --quick is a ~2-minute smoke test (small batches, few steps).
 """
 import argparse
-import datetime
 import functools
 import importlib.util
 import json
@@ -51,7 +50,6 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +60,8 @@ RESULTS = HERE / "results" / "diffusion_speed.jsonl"
 CONFIG = REPO / "configs" / "diffusion.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 sys.path.insert(0, str(HERE))
-from train_throughput import YNN_SUFFIX, image_size, machine, peak_rss_mb, run_worker, worker_env  # noqa: E402
+from train_throughput import (YNN_SUFFIX, append_result, image_size, machine, peak_rss_mb,  # noqa: E402
+                              run_worker, worker_env)
 
 UNETS = ("quick", "report")  # variants of configs/diffusion.py
 SAMPLE_RUNS = ("quick:ddpm:1000,quick:ddim:50,quick:ddim:25,quick:dpm_solver++:25,"
@@ -503,15 +502,9 @@ def main(argv=None) -> int:
     info = machine()
     info["platform"] = platform.platform()
     info["load_average_at_start"] = load
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     options = {k: v for k, v in vars(args).items() if k not in (
         "worker", "task", "framework", "unet", "batch", "jax_variant", "sampler", "sample_steps")}
-    with RESULTS.open("a") as file:
-        file.write(json.dumps({
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO).stdout.strip(),
-            "machine": info, "matmul_gflops": peaks, "options": options, "wall_s": wall, "rows": rows}) + "\n")
+    append_result(RESULTS, machine=info, matmul_gflops=peaks, options=options, wall_s=wall, rows=rows)
     return 0
 
 

@@ -218,6 +218,17 @@ def machine() -> dict:
     return info
 
 
+def append_result(path: pathlib.Path, **record) -> None:
+    """Appends one JSON line to `path`: the time, the commit, then `record`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    with path.open("a") as file:
+        file.write(json.dumps({
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit, **record}) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -272,14 +283,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['model']:10} {r['batch']:>5} {r['impl']:18} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
               f"{r['vs_torch']:>8.2f} {r['gflops']:>8.1f} {r['pct_matmul_peak']:>7.1f} {r['peak_rss_mb']:>8.0f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as file:
-        file.write(json.dumps({
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO).stdout.strip(),
-            "machine": machine(), "matmul_gflops": peaks, "steps": args.steps, "rounds": args.rounds,
-            "rows": rows}) + "\n")
+    append_result(RESULTS, machine=machine(), matmul_gflops=peaks, steps=args.steps, rounds=args.rounds, rows=rows)
     return 0
 
 

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slot_jax.evaluation import pixel_counts
+
 
 # ----------------------------------------------------------------------------- tables
 
@@ -70,16 +72,35 @@ def _chunk_table(pred, true, num_pred: int, num_true: int):
     return np.bincount(flat.ravel(), minlength=batch * cells).reshape(batch, num_pred, num_true)
 
 
-def contingency_table_numpy(pred_ids, true_ids, *, num_pred: int, num_true: int):
-    """Host variant of `contingency_table`: int64 counts [B, P, T] from one bincount per chunk of
-    images, chunks spread over threads. Raises ValueError for ids outside [0, num)."""
+TABLE_KERNELS = ("auto", "numba", "bincount")
+
+
+def contingency_table_numpy(pred_ids, true_ids, *, num_pred: int, num_true: int, kernel: str = "auto"):
+    """Host variant of `contingency_table`: int64 counts [B, P, T]. `kernel="auto"` counts with the
+    compiled kernel of `pixel_counts` when numba is installed, else (or with "bincount") with one
+    bincount per chunk of images, chunks spread over threads. Raises ValueError for ids outside
+    [0, num)."""
+    if kernel not in TABLE_KERNELS:
+        raise ValueError(f"kernel={kernel!r}: choose one of {', '.join(TABLE_KERNELS)}")
     pred_ids = np.asarray(pred_ids)
     true_ids = np.asarray(true_ids)
     batch = pred_ids.shape[0]
-    pred_flat = pred_ids.reshape(batch, -1)
-    true_flat = true_ids.reshape(batch, -1)
+    # Explicit pixel counts: reshape(batch, -1) fails for an empty batch.
+    pred_flat = pred_ids.reshape(batch, int(np.prod(pred_ids.shape[1:])))
+    true_flat = true_ids.reshape(true_ids.shape[0], int(np.prod(true_ids.shape[1:])))
     if pred_flat.shape != true_flat.shape:
         raise ValueError(f"pixel counts differ: {pred_ids.shape} vs {true_ids.shape}")
+    compiled = None
+    if kernel != "bincount":
+        compiled = pixel_counts.count_tables(pred_flat, true_flat, num_pred, num_true)
+    if compiled is None and kernel == "numba":
+        raise ValueError("kernel='numba' needs numba and integer ids of at most 32 bits "
+                         "(pip install -e '.[fast]'), or use kernel='auto'")
+    if compiled is not None:
+        tables, bad = compiled
+        if bad.any():  # the bincount path below names the offending range
+            _chunk_table(pred_flat[bad], true_flat[bad], num_pred, num_true)
+        return tables
     starts = range(0, batch, _CHUNK_IMAGES)
     work = lambda i: _chunk_table(pred_flat[i:i + _CHUNK_IMAGES], true_flat[i:i + _CHUNK_IMAGES], num_pred, num_true)
     parts = list(_thread_pool().map(work, starts)) if len(starts) > 1 else [work(0)]
@@ -148,9 +169,11 @@ fg_ari = functools.partial(ari, ignore_background=True)
 
 
 def ari_numpy(pred_ids, true_ids, *, num_pred: int, num_true: int,
-              ignore_background: bool = False, valid=None):
-    """Host variant of `ari` (bincount table, float64 arithmetic); float32 [B]."""
-    table = contingency_table_numpy(pred_ids, true_ids, num_pred=num_pred, num_true=num_true)
+              ignore_background: bool = False, valid=None, kernel: str = "auto"):
+    """Host variant of `ari` (exact integer table, float64 arithmetic); float32 [B]. `kernel` as
+    in `contingency_table_numpy`."""
+    table = contingency_table_numpy(pred_ids, true_ids, num_pred=num_pred, num_true=num_true,
+                                    kernel=kernel)
     if ignore_background:
         table = _fg_table(table)
     scores = ari_from_table(table.astype(np.float64), xp=np).astype(np.float32)

@@ -17,7 +17,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 ARI_VARIANTS = {
     "jnp": lambda *a, **k: np.asarray(seg.ari(*a, **k)),
-    "numpy": seg.ari_numpy,
+    "numpy": seg.ari_numpy,  # compiled kernel when numba is installed
+    "numpy-bincount": functools.partial(seg.ari_numpy, kernel="bincount"),
 }
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax._src.lax.convolution import _conv_transpose_padding  # the padding lax.conv_transpose uses
 
-from slot_jax.models.conv import conv2d
+from slot_jax.models.conv import conv2d, depth_to_space
 
 
 def _phase_taps(kernel_size: int, stride: int, pad_before: int):
@@ -49,14 +49,6 @@ def subpixel_kernel(kernel: jnp.ndarray, stride: int, padding: str = "SAME"):
     combined = padded[gather.T[:, None, :, None], gather.T[None, :, None, :]]  # [size, size, s, s, C_in, C_out]
     combined = jnp.moveaxis(combined, 4, 2).reshape(size, size, c_in, stride * stride * c_out)
     return combined, (-lo, hi)
-
-
-def depth_to_space(x: jnp.ndarray, stride: int) -> jnp.ndarray:
-    """[B, H, W, (s, s, C)] -> [B, H*s, W*s, C], phase (ry, rx) landing at (s*y + ry, s*x + rx)."""
-    b, h, w, c = x.shape
-    c_out = c // (stride * stride)
-    x = x.reshape(b, h, w, stride, stride, c_out)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * stride, w * stride, c_out)
 
 
 def conv_transpose_subpixel(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: str = "SAME",

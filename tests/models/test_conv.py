@@ -77,6 +77,23 @@ def test_output_shift_matches_the_definition(kernel_size, padding):
     _check_against_reference("output_shift", x, kernel, 1, padding)
 
 
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("stride", [2, 3])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3)), ((0, 1), (3, 0))])
+def test_phase_grad_matches_the_definition(kernel_size, stride, padding):
+    # Odd and even sizes, so that strides drop trailing rows and phases end unevenly.
+    x = jax.random.normal(jax.random.PRNGKey(kernel_size), (2, 9, 8, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(stride), (kernel_size, kernel_size, 3, 5))
+    _check_against_reference("phase_grad", x, kernel, stride, padding)
+
+
+def test_phase_grad_is_the_native_convolution_at_stride_one():
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 3))
+    np.testing.assert_array_equal(conv2d(x, kernel, 1, "SAME", "phase_grad"),
+                                  conv2d(x, kernel, 1, "SAME", "native"))
+
+
 def test_output_shift_refuses_strides_and_unknown_impls_are_refused():
     x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1))
     with pytest.raises(ValueError, match="stride 1"):
@@ -85,7 +102,7 @@ def test_output_shift_refuses_strides_and_unknown_impls_are_refused():
         conv2d(x, kernel, 1, "SAME", "winograd")
 
 
-def test_auto_keeps_native_off_the_cpu_and_under_eigen_and_picks_by_channel_ratio_under_ynnpack(monkeypatch):
+def test_auto_rule_off_the_cpu_under_eigen_and_under_ynnpack(monkeypatch):
     monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "cpu")
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")  # YNNPACK convolutions
     assert resolve_conv_impl("auto", 32, 128, 1) == "im2col"   # widening: sub-pixel upsampling
@@ -95,15 +112,20 @@ def test_auto_keeps_native_off_the_cpu_and_under_eigen_and_picks_by_channel_rati
     assert resolve_conv_impl("auto", 32, 32, 1) == "native"
     assert resolve_conv_impl("native", 32, 4, 1) == "native"
     monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {xla_cpu.FLAG}")
-    for c_in, c_out, stride in [(32, 128, 1), (3, 32, 2), (32, 4, 1)]:
+    for c_in, c_out, stride in [(32, 128, 1), (32, 4, 1)]:
         assert resolve_conv_impl("auto", c_in, c_out, stride) == "native"
+    # Strided layers: phase_grad for 5x5 kernels, for 3x3 ones only from 64 px on.
+    assert resolve_conv_impl("auto", 3, 32, 2, kernel_size=5, size=16) == "phase_grad"
+    assert resolve_conv_impl("auto", 64, 64, 2, kernel_size=3, size=32) == "native"
+    assert resolve_conv_impl("auto", 64, 64, 2, kernel_size=3, size=64) == "phase_grad"
     assert resolve_conv_impl("im2col", 32, 4, 1) == "im2col"    # an explicit choice is kept
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "gpu")
     assert resolve_conv_impl("auto", 32, 4, 1) == "native"
+    assert resolve_conv_impl("auto", 32, 32, 2, kernel_size=5, size=128) == "native"
 
 
-@pytest.mark.parametrize("impl", ["native", "im2col", "output_shift"])
+@pytest.mark.parametrize("impl", ["native", "im2col", "output_shift", "phase_grad"])
 def test_module_has_nn_conv_parameters_and_output(impl):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 5))
     reference = nn.Conv(3, (3, 3), padding="SAME")
@@ -123,13 +145,13 @@ def test_autoencoder_is_the_same_function_under_every_lowering():
     image = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
     rngs = {"params": jax.random.PRNGKey(1), "slots": jax.random.PRNGKey(2)}
     outputs = {}
-    for impl in ("native", "im2col", "auto"):
+    for impl in ("native", "im2col", "phase_grad", "auto"):
         config.model.conv_impl = impl
         model = build_autoencoder(config.model)
         params = model.init(rngs, image)
         loss = lambda p: jnp.mean((model.apply(p, image, rngs={"slots": rngs["slots"]})["recon"] - image) ** 2)
         outputs[impl] = (model.apply(params, image, rngs={"slots": rngs["slots"]})["recon"], jax.grad(loss)(params))
-    for impl in ("im2col", "auto"):
+    for impl in ("im2col", "phase_grad", "auto"):
         np.testing.assert_allclose(outputs[impl][0], outputs["native"][0], rtol=1e-5, atol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
                      outputs[impl][1], outputs["native"][1])

@@ -45,8 +45,8 @@ def _base() -> ml_collections.ConfigDict:
     c.model.decoder.strides = (2, 2, 2, 2)
     c.model.decoder.output_kernel_size = 3
     c.model.decoder.upsample = "auto"  # stride>1 layers: "transpose" (XLA native), "subpixel", or per backend
-    # Convolution lowering: "native" (XLA), "im2col", "output_shift", "phase_grad", or "auto" (per
-    # backend and layer).
+    # Convolution lowering: "native" (XLA), "im2col", "output_shift", "phase_grad", "swap_wgrad",
+    # or "auto" (per backend and layer; slot_jax/models/conv.py).
     c.model.conv_impl = "auto"
 
     c.train = ml_collections.ConfigDict()

@@ -15,6 +15,13 @@ convolution over an input dilated with zeros; on the CPU this is 4-10x slower th
 `phase_grad` computes it instead as one stride-1 convolution of the output gradient with s*s*C
 outputs (one group per output phase) followed by depth-to-space, as `upsample.py` does.
 
+A fourth, `swap_wgrad` (stride 1), keeps XLA's forward and input gradient and replaces its weight
+gradient. XLA computes that gradient as a convolution whose batch is the input channels and
+whose features are the images, so it first transposes the activations to images-innermost, a
+strided gather over the layer's largest tensor. `swap_wgrad` convolves the output gradient with
+the activations as the kernel instead, which only needs the (smaller) output gradient transposed
+and the activations regrouped in whole channel vectors. It wins when C_out < C_in.
+
 'auto' keeps XLA's native convolution off the CPU (GPU and TPU convolutions are fast) and on the
 CPU when its Eigen convolutions are in use (slot_jax/xla_cpu.py), which beat both rewrites, except
 for strided convolutions, which get `phase_grad`. Only under YNNPACK convolutions does it pick a
@@ -31,7 +38,7 @@ from jax import lax
 
 from slot_jax import xla_cpu
 
-CONV_IMPLS = ("auto", "native", "im2col", "output_shift", "phase_grad")
+CONV_IMPLS = ("auto", "native", "im2col", "output_shift", "phase_grad", "swap_wgrad")
 Padding = Union[str, Sequence[tuple[int, int]]]
 
 
@@ -45,8 +52,11 @@ def resolve_conv_impl(impl: str, c_in: int, c_out: int, stride: int, kernel_size
     if xla_cpu.eigen_convolutions():
         # Forward + backward on a 2-core x86 CPU: 5x5 stride 2 at 64 px 2.8x faster, at 32 px 1.3x;
         # 3x3 stride 2 at 64-128 px 1.6-2.2x, at 8-32 px within +-15% of native either way.
-        strided = stride > 1 and (kernel_size >= 5 or size >= 64)
-        return "phase_grad" if strided else "native"
+        if stride > 1:
+            return "phase_grad" if kernel_size >= 5 or size >= 64 else "native"
+        # Weight gradient alone: 1.1x (256->128 at 16 px) to 4.6x (32->3 at 128 px) faster when
+        # C_out < C_in, even at C_out = C_in, 0.85x at 32->128.
+        return "swap_wgrad" if c_out < c_in else "native"
     # YNNPACK convolutions, measured on a 2-core x86 CPU (forward + backward): im2col wins on
     # widening layers (RGB inputs, sub-pixel upsampling with s*s*C outputs), output_shift on
     # strongly narrowing ones (the 4-channel RGB+mask output), XLA's own where C_in ~ C_out.
@@ -83,6 +93,10 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Paddin
     impl = resolve_conv_impl(impl, kernel.shape[2], kernel.shape[3], stride, k, min(x.shape[1:3]))
     if impl == "native" or (impl == "phase_grad" and stride == 1):
         return _native(x, kernel, stride, pads)
+    if impl == "swap_wgrad":
+        if stride != 1:
+            raise ValueError("swap_wgrad convolution supports stride 1 only")
+        return _conv_swap_wgrad(x, kernel, pads)
     if impl == "phase_grad":
         return _conv_phase_grad(x, kernel, stride, pads)
     if impl == "im2col":
@@ -150,6 +164,40 @@ def input_gradient_by_phases(dy, kernel, stride: int, pads, x_shape):
 
 
 _conv_phase_grad.defvjp(_phase_grad_forward, _phase_grad_backward)
+
+
+# ----------------------------------------------------------------------------- swap_wgrad
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_swap_wgrad(x, kernel, pads):
+    return _native(x, kernel, 1, pads)
+
+
+def _swap_wgrad_forward(x, kernel, pads):
+    return _native(x, kernel, 1, pads), (x, kernel)
+
+
+def _swap_wgrad_backward(pads, residuals, dy):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: _native(x, kernel, 1, pads), x)
+    return input_vjp(dy)[0], weight_gradient_swapped(x, dy, kernel.shape[0], pads)
+
+
+def weight_gradient_swapped(x, dy, k: int, pads):
+    """dW[i, j] = sum_{n,h,w} xpad[n, h+i, w+j] dy[n, h, w] of a stride-1 convolution, computed as a
+    convolution over images-as-features with dy as the input and x as the kernel:
+    out[o, i', j', c] = sum dypad[n, i'+u, j'+v, o] x[n, u, v, c], tap i = k-1-i'."""
+    (top, bottom), (left, right) = pads
+    edges = [(k - 1 - top, k - 1 - bottom), (k - 1 - left, k - 1 - right)]
+    # Negative edges (padding wider than the kernel) crop dy: those rows only met padding. They are
+    # cropped apart because XLA:CPU's convolution with negative padding reads garbage (jax 0.10.2).
+    dy = lax.pad(dy, jnp.zeros((), dy.dtype), [(0, 0, 0), *[(min(lo, 0), min(hi, 0), 0) for lo, hi in edges], (0, 0, 0)])
+    out = lax.conv_general_dilated(dy, x, (1, 1), [(max(lo, 0), max(hi, 0)) for lo, hi in edges],
+                                   dimension_numbers=("CHWN", "IHWO", "NHWC"))
+    return out[:, ::-1, ::-1, :].transpose(1, 2, 3, 0)
+
+
+_conv_swap_wgrad.defvjp(_swap_wgrad_forward, _swap_wgrad_backward)
 
 
 # ----------------------------------------------------------------------------- im2col

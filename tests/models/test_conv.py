@@ -87,6 +87,22 @@ def test_phase_grad_matches_the_definition(kernel_size, stride, padding):
     _check_against_reference("phase_grad", x, kernel, stride, padding)
 
 
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3)), ((0, 1), (3, 0))])
+def test_swap_wgrad_matches_the_definition(kernel_size, padding):
+    x = jax.random.normal(jax.random.PRNGKey(kernel_size), (3, 9, 8, 6))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, 6, 2))
+    if kernel_size % 2 == 0 and padding not in ("SAME", "VALID"):
+        # Its input gradient is XLA's (see _reference); check the weight gradient alone.
+        y = conv2d(x, kernel, 1, padding, "swap_wgrad")
+        cotangent = jax.random.normal(jax.random.PRNGKey(9), y.shape)
+        _, _, expected_dw = _reference(x, kernel, 1, padding, cotangent)
+        dw = jax.vjp(lambda w: conv2d(x, w, 1, padding, "swap_wgrad"), kernel)[1](cotangent)[0]
+        np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)
+        return
+    _check_against_reference("swap_wgrad", x, kernel, 1, padding)
+
+
 def test_phase_grad_is_the_native_convolution_at_stride_one():
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 3))
@@ -96,8 +112,9 @@ def test_phase_grad_is_the_native_convolution_at_stride_one():
 
 def test_output_shift_refuses_strides_and_unknown_impls_are_refused():
     x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1))
-    with pytest.raises(ValueError, match="stride 1"):
-        conv2d(x, kernel, 2, "SAME", "output_shift")
+    for impl in ("output_shift", "swap_wgrad"):
+        with pytest.raises(ValueError, match=f"{impl} convolution supports stride 1 only"):
+            conv2d(x, kernel, 2, "SAME", impl)
     with pytest.raises(ValueError, match="unknown convolution impl"):
         conv2d(x, kernel, 1, "SAME", "winograd")
 
@@ -112,8 +129,9 @@ def test_auto_rule_off_the_cpu_under_eigen_and_under_ynnpack(monkeypatch):
     assert resolve_conv_impl("auto", 32, 32, 1) == "native"
     assert resolve_conv_impl("native", 32, 4, 1) == "native"
     monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {xla_cpu.FLAG}")
-    for c_in, c_out, stride in [(32, 128, 1), (32, 4, 1)]:
+    for c_in, c_out, stride in [(32, 128, 1), (64, 64, 1)]:
         assert resolve_conv_impl("auto", c_in, c_out, stride) == "native"
+    assert resolve_conv_impl("auto", 32, 4, 1) == "swap_wgrad"  # narrowing: the RGB+mask output
     # Strided layers: phase_grad for 5x5 kernels, for 3x3 ones only from 64 px on.
     assert resolve_conv_impl("auto", 3, 32, 2, kernel_size=5, size=16) == "phase_grad"
     assert resolve_conv_impl("auto", 64, 64, 2, kernel_size=3, size=32) == "native"
@@ -125,7 +143,7 @@ def test_auto_rule_off_the_cpu_under_eigen_and_under_ynnpack(monkeypatch):
     assert resolve_conv_impl("auto", 32, 32, 2, kernel_size=5, size=128) == "native"
 
 
-@pytest.mark.parametrize("impl", ["native", "im2col", "output_shift", "phase_grad"])
+@pytest.mark.parametrize("impl", ["native", "im2col", "output_shift", "phase_grad", "swap_wgrad"])
 def test_module_has_nn_conv_parameters_and_output(impl):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 5))
     reference = nn.Conv(3, (3, 3), padding="SAME")
@@ -145,7 +163,7 @@ def test_autoencoder_is_the_same_function_under_every_lowering():
     image = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
     rngs = {"params": jax.random.PRNGKey(1), "slots": jax.random.PRNGKey(2)}
     outputs = {}
-    for impl in ("native", "im2col", "phase_grad", "auto"):
+    for impl in ("native", "im2col", "phase_grad", "auto"):  # auto: phase_grad and swap_wgrad
         config.model.conv_impl = impl
         model = build_autoencoder(config.model)
         params = model.init(rngs, image)

@@ -129,7 +129,7 @@ def test_auto_rule_off_the_cpu_under_eigen_and_under_ynnpack(monkeypatch):
     assert resolve_conv_impl("auto", 32, 32, 1) == "native"
     assert resolve_conv_impl("native", 32, 4, 1) == "native"
     monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {xla_cpu.FLAG}")
-    for c_in, c_out, stride in [(32, 128, 1), (64, 64, 1)]:
+    for c_in, c_out, stride in [(32, 128, 1), (64, 64, 1), (128, 64, 1)]:
         assert resolve_conv_impl("auto", c_in, c_out, stride) == "native"
     assert resolve_conv_impl("auto", 32, 4, 1) == "swap_wgrad"  # narrowing: the RGB+mask output
     # Strided layers: phase_grad for 5x5 kernels, for 3x3 ones only from 64 px on.

@@ -22,10 +22,11 @@ strided gather over the layer's largest tensor. `swap_wgrad` convolves the outpu
 the activations as the kernel instead, which only needs the (smaller) output gradient transposed
 and the activations regrouped in whole channel vectors. It wins when C_out << C_in.
 
-'auto' keeps XLA's native convolution off the CPU (GPU and TPU convolutions are fast) and on the
-CPU when its Eigen convolutions are in use (slot_jax/xla_cpu.py), which beat both rewrites, except
-for strided convolutions, which get `phase_grad`. Only under YNNPACK convolutions does it pick a
-rewrite by the layer's channel ratio (`resolve_conv_impl`).
+'auto' keeps XLA's native convolution off the CPU (GPU and TPU convolutions are fast). On the CPU
+with its Eigen convolutions (slot_jax/xla_cpu.py), which beat both matmul rewrites, it picks
+`phase_grad` for strided layers, `swap_wgrad` for strongly narrowing ones and native otherwise.
+Only under YNNPACK convolutions does it pick a matmul rewrite by the layer's channel ratio
+(`resolve_conv_impl`).
 """
 import functools
 from typing import Sequence, Union

@@ -6,7 +6,9 @@ Times forward + backward (gradients of the input and the kernel, of sum(y^2)) of
 that dominate the project's train steps, at their real shapes. Three workers, each in its own
 process, alternating over the rounds: JAX with the Eigen convolutions that `import slot_jax`
 selects (slot_jax/xla_cpu.py), JAX with XLA's default YNNPACK ones (SLOT_JAX_YNN_CONVOLUTIONS=1),
-and PyTorch eager (NCHW Conv2d, its default). Every layer is timed after one warm-up call; the
+and PyTorch eager (NCHW Conv2d, its default). The Eigen worker also times each layer through
+`conv2d(..., impl="auto")`, i.e. with the gradient lowering slot_jax picks for it (phase_grad,
+swap_wgrad or native; slot_jax/models/conv.py). Every layer is timed after one warm-up call; the
 best of --repeats calls in each round, then the best over rounds, is kept. Prints a table and
 appends one JSON line with the machine to benchmarks/results/conv_kernels.jsonl.
 """
@@ -36,6 +38,7 @@ LAYERS = {
     "UNet report 16x16, 128 ch": (32, 16, 128, 128, 3, 1),
 }
 IMPLS = ("torch", "jax/eigen", "jax/ynn")
+AUTO = "jax/eigen, conv_impl=auto"  # timed by the jax/eigen worker
 
 
 def flops(batch, size, c_in, c_out, kernel, stride) -> float:
@@ -59,20 +62,29 @@ def jax_worker(repeats: int) -> dict:
     from jax import lax
 
     from slot_jax import xla_cpu
+    from slot_jax.models.conv import conv2d, resolve_conv_impl
 
-    times = {}
+    eigen = xla_cpu.eigen_convolutions()
+    times, auto_times, auto_impls = {}, {}, {}
     for name, (batch, size, c_in, c_out, k, stride) in LAYERS.items():
         x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, c_in))
         w = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (k, k, c_in, c_out))
+        pads = [(k // 2, k // 2)] * 2
 
         def loss(x, w):
-            y = lax.conv_general_dilated(x, w, (stride, stride), [(k // 2, k // 2)] * 2,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y = lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
             return jnp.sum(y ** 2)
+
+        def auto_loss(x, w):  # the lowering conv_impl=auto picks (slot_jax/models/conv.py)
+            return jnp.sum(conv2d(x, w, stride, pads, "auto") ** 2)
 
         grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
         times[name] = _best(lambda: jax.block_until_ready(grad(x, w)), repeats)
-    return {"times": times, "eigen": xla_cpu.eigen_convolutions()}
+        if eigen:
+            auto_impls[name] = resolve_conv_impl("auto", c_in, c_out, stride, k, size)
+            auto_grad = jax.jit(jax.grad(auto_loss, argnums=(0, 1)))
+            auto_times[name] = _best(lambda: jax.block_until_ready(auto_grad(x, w)), repeats)
+    return {"times": times, "auto_times": auto_times, "auto_impls": auto_impls, "eigen": eigen}
 
 
 def torch_worker(repeats: int) -> dict:
@@ -105,7 +117,8 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
-    best = {impl: {} for impl in IMPLS}
+    best = {impl: {} for impl in (*IMPLS, AUTO)}
+    auto_impls = {}
     for round_index in range(args.rounds):
         for impl in IMPLS if round_index % 2 == 0 else IMPLS[::-1]:
             print(f"  {impl} (round {round_index + 1})", flush=True)
@@ -116,17 +129,22 @@ def main(argv=None) -> int:
                 raise RuntimeError(f"{impl} worker ran with the wrong convolutions (eigen={result['eigen']})")
             for name, seconds in result["times"].items():
                 best[impl][name] = min(best[impl].get(name, float("inf")), seconds)
+            for name, seconds in result.get("auto_times", {}).items():
+                best[AUTO][name] = min(best[AUTO].get(name, float("inf")), seconds)
+                auto_impls[name] = result["auto_impls"][name]
     rows = []
-    print(f"{'layer':40} {'shape':28} {'torch s':>8} {'eigen s':>8} {'ynn s':>8} "
-          f"{'eigen GF/s':>10} {'ynn/eigen':>9} {'torch/eigen':>11}")
+    print(f"{'layer':40} {'shape':28} {'torch s':>8} {'eigen s':>8} {'ynn s':>8} {'auto s':>8} {'auto is':>11} "
+          f"{'eigen GF/s':>10} {'ynn/eigen':>9} {'torch/eigen':>11} {'torch/auto':>10}")
     for name, shape in LAYERS.items():
         t, e, y = (best[impl][name] for impl in IMPLS)
+        a = best[AUTO][name]
         batch, size, c_in, c_out, k, stride = shape
         eigen_gflops = flops(*shape) / e / 1e9
         rows.append({"layer": name, "shape": shape, "torch_s": t, "jax_eigen_s": e, "jax_ynn_s": y,
-                     "eigen_gflops": eigen_gflops})
+                     "jax_auto_s": a, "auto_impl": auto_impls[name], "eigen_gflops": eigen_gflops})
         print(f"{name:40} {f'{batch}x{size}x{size} {c_in}->{c_out} k{k} s{stride}':28} {t:>8.3f} {e:>8.3f} "
-              f"{y:>8.3f} {eigen_gflops:>10.0f} {y / e:>9.2f} {t / e:>11.2f}")
+              f"{y:>8.3f} {a:>8.3f} {auto_impls[name]:>11} {eigen_gflops:>10.0f} {y / e:>9.2f} {t / e:>11.2f} "
+              f"{t / a:>10.2f}")
     append_result(RESULTS, machine=machine(), rounds=args.rounds, repeats=args.repeats, rows=rows)
     return 0
 

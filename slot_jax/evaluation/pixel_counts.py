@@ -56,7 +56,7 @@ def available() -> bool:
 
 def count_tables(pred_flat, true_flat, num_pred: int, num_true: int):
     """int64 tables [B, num_pred, num_true] and a [B] flag of images with ids out of range, from
-    integer ids [B, pixels]; None when the kernel is unavailable or the dtypes are not integer."""
+    integer ids [B, pixels]; None when the kernel is unavailable or a dtype is not in _ID_DTYPES."""
     kernel = _kernel()
     if kernel is None or not all(a.dtype in _ID_DTYPES for a in (pred_flat, true_flat)):
         return None

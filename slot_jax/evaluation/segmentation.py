@@ -60,10 +60,14 @@ def _thread_pool():
     return _POOL
 
 
-def _chunk_table(pred, true, num_pred: int, num_true: int):
+def _check_id_ranges(pred, true, num_pred: int, num_true: int):
     for name, ids, num in (("pred", pred, num_pred), ("true", true, num_true)):
         if ids.size and (ids.min() < 0 or ids.max() >= num):
             raise ValueError(f"{name} ids must lie in [0, {num}), got [{ids.min()}, {ids.max()}]")
+
+
+def _chunk_table(pred, true, num_pred: int, num_true: int):
+    _check_id_ranges(pred, true, num_pred, num_true)
     batch, cells = pred.shape[0], num_pred * num_true
     # The narrowest integer type that holds every (image, pred, true) cell index of the chunk.
     dtype = np.uint16 if batch * cells <= np.iinfo(np.uint16).max else np.int64
@@ -98,8 +102,8 @@ def contingency_table_numpy(pred_ids, true_ids, *, num_pred: int, num_true: int,
                          "(pip install -e '.[fast]'), or use kernel='auto'")
     if compiled is not None:
         tables, bad = compiled
-        if bad.any():  # the bincount path below names the offending range
-            _chunk_table(pred_flat[bad], true_flat[bad], num_pred, num_true)
+        if bad.any():  # the kernel only flags images; name the offending range from them
+            _check_id_ranges(pred_flat[bad], true_flat[bad], num_pred, num_true)
         return tables
     starts = range(0, batch, _CHUNK_IMAGES)
     work = lambda i: _chunk_table(pred_flat[i:i + _CHUNK_IMAGES], true_flat[i:i + _CHUNK_IMAGES], num_pred, num_true)

@@ -92,19 +92,15 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Paddin
         raise ValueError(f"square kernels only, got {kernel.shape[:2]}")
     pads = _paddings(x.shape, k, stride, padding)
     impl = resolve_conv_impl(impl, kernel.shape[2], kernel.shape[3], stride, k, min(x.shape[1:3]))
+    if impl in ("output_shift", "swap_wgrad") and stride != 1:
+        raise ValueError(f"{impl} convolution supports stride 1 only")
     if impl == "native" or (impl == "phase_grad" and stride == 1):
         return _native(x, kernel, stride, pads)
-    if impl == "swap_wgrad":
-        if stride != 1:
-            raise ValueError("swap_wgrad convolution supports stride 1 only")
-        return _conv_swap_wgrad(x, kernel, pads)
-    if impl == "phase_grad":
-        return _conv_phase_grad(x, kernel, stride, pads)
+    if impl in ("phase_grad", "swap_wgrad"):
+        return _conv_own_gradient(x, kernel, stride, pads, impl)
     if impl == "im2col":
         return _conv_im2col(x, kernel, stride, pads)
     if impl == "output_shift":
-        if stride != 1:
-            raise ValueError("output_shift convolution supports stride 1 only")
         return _conv_output_shift(x, kernel, pads)
     raise ValueError(f"unknown convolution impl {impl!r}: choose one of {', '.join(CONV_IMPLS)}")
 
@@ -122,21 +118,29 @@ def depth_to_space(x: jnp.ndarray, stride: int) -> jnp.ndarray:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * stride, w * stride, c_out)
 
 
-# ----------------------------------------------------------------------------- phase_grad
+# ----------------------------------------------------------------------------- phase_grad, swap_wgrad
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_phase_grad(x, kernel, stride, pads):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_own_gradient(x, kernel, stride, pads, impl):
     return _native(x, kernel, stride, pads)
 
 
-def _phase_grad_forward(x, kernel, stride, pads):
+def _own_gradient_forward(x, kernel, stride, pads, impl):
     return _native(x, kernel, stride, pads), (x, kernel)
 
 
-def _phase_grad_backward(stride, pads, residuals, dy):
+def _own_gradient_backward(stride, pads, impl, residuals, dy):
+    """XLA's gradient for one argument; ours for the other: the input's for phase_grad, the
+    kernel's for swap_wgrad."""
     x, kernel = residuals
-    _, weight_vjp = jax.vjp(lambda w: _native(x, w, stride, pads), kernel)
-    return input_gradient_by_phases(dy, kernel, stride, pads, x.shape), weight_vjp(dy)[0]
+    if impl == "phase_grad":
+        _, weight_vjp = jax.vjp(lambda w: _native(x, w, stride, pads), kernel)
+        return input_gradient_by_phases(dy, kernel, stride, pads, x.shape), weight_vjp(dy)[0]
+    _, input_vjp = jax.vjp(lambda x: _native(x, kernel, stride, pads), x)
+    return input_vjp(dy)[0], weight_gradient_swapped(x, dy, kernel.shape[0], pads)
+
+
+_conv_own_gradient.defvjp(_own_gradient_forward, _own_gradient_backward)
 
 
 def input_gradient_by_phases(dy, kernel, stride: int, pads, x_shape):
@@ -164,26 +168,6 @@ def input_gradient_by_phases(dy, kernel, stride: int, pads, x_shape):
                                 (0, 0, 0)))
 
 
-_conv_phase_grad.defvjp(_phase_grad_forward, _phase_grad_backward)
-
-
-# ----------------------------------------------------------------------------- swap_wgrad
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_swap_wgrad(x, kernel, pads):
-    return _native(x, kernel, 1, pads)
-
-
-def _swap_wgrad_forward(x, kernel, pads):
-    return _native(x, kernel, 1, pads), (x, kernel)
-
-
-def _swap_wgrad_backward(pads, residuals, dy):
-    x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x: _native(x, kernel, 1, pads), x)
-    return input_vjp(dy)[0], weight_gradient_swapped(x, dy, kernel.shape[0], pads)
-
-
 def weight_gradient_swapped(x, dy, k: int, pads):
     """dW[i, j] = sum_{n,h,w} xpad[n, h+i, w+j] dy[n, h, w] of a stride-1 convolution, computed as a
     convolution over images-as-features with dy as the input and x as the kernel:
@@ -196,9 +180,6 @@ def weight_gradient_swapped(x, dy, k: int, pads):
     out = lax.conv_general_dilated(dy, x, (1, 1), [(max(lo, 0), max(hi, 0)) for lo, hi in edges],
                                    dimension_numbers=("CHWN", "IHWO", "NHWC"))
     return out[:, ::-1, ::-1, :].transpose(1, 2, 3, 0)
-
-
-_conv_swap_wgrad.defvjp(_swap_wgrad_forward, _swap_wgrad_backward)
 
 
 # ----------------------------------------------------------------------------- im2col

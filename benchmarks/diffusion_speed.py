@@ -60,8 +60,8 @@ RESULTS = HERE / "results" / "diffusion_speed.jsonl"
 CONFIG = REPO / "configs" / "diffusion.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 sys.path.insert(0, str(HERE))
-from train_throughput import (YNN_SUFFIX, append_result, image_size, machine, peak_rss_mb,  # noqa: E402
-                              run_worker, worker_env)
+from train_throughput import (YNN_SUFFIX, _jax_backend, append_result, image_size, machine,  # noqa: E402
+                              peak_memory_mb, run_worker, torch_device, worker_env)
 
 UNETS = ("quick", "report")  # variants of configs/diffusion.py
 SAMPLE_RUNS = ("quick:ddpm:1000,quick:ddim:50,quick:ddim:25,quick:dpm_solver++:25,"
@@ -237,17 +237,18 @@ def torch_train_worker(args) -> dict:
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
+    device = torch_device(args)
     config = diffusion_config(args.unet)
     d, m = config.diffusion, config.model
-    x0, slots = (torch.from_numpy(a) for a in _random_inputs(config, args.batch))
+    x0, slots = (torch.from_numpy(a).to(device) for a in _random_inputs(config, args.batch))
     x0 = x0.permute(0, 3, 1, 2).contiguous()  # NCHW
-    model = from_config(m.unet, x0.shape[1], m.slot_size)
+    model = from_config(m.unet, x0.shape[1], m.slot_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    alpha_bar = alphas_cumprod(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+    alpha_bar = alphas_cumprod(d.schedule, d.num_train_steps, d.beta_start, d.beta_end).to(device)
     times, first = [], None
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        t = torch.randint(0, d.num_train_steps, (args.batch,))
+        t = torch.randint(0, d.num_train_steps, (args.batch,), device=device)
         noise = torch.randn_like(x0)
         a = alpha_bar[t][:, None, None, None]
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -255,6 +256,8 @@ def torch_train_worker(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         if i == 0:
             first = seconds
@@ -309,14 +312,17 @@ def worker_main(args) -> None:
         result = jax_full_step_worker(args)
     else:
         result = jax_train_worker(args)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = peak_memory_mb(args.framework)
     print("RESULT " + json.dumps(result), flush=True)
 
 
 # ----------------------------------------------------------------------------- driver
 
+DEVICE = ["cpu"]  # set by main(): "gpu" when JAX runs on one (the torch twin then runs on CUDA)
+
+
 def worker(*extra, variant: str = "") -> dict:
-    return run_worker(*extra, script=__file__, env=worker_env(variant))
+    return run_worker(*extra, "--device", DEVICE[0], script=__file__, env=worker_env(variant))
 
 
 def run_train(args, peaks: dict) -> list:
@@ -402,7 +408,8 @@ def _fmt(value, spec):
 
 
 def print_tables(rows, peaks) -> None:
-    print("\nfloat32 2048^3 matmul: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print("\nfloat32 square matmul (2048^3 on the CPU, 8192^3 on a GPU): "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     train = [r for r in rows if r["part"] == "train"]
     if train:
         print("\n### Train step (forward + backward + Adam)\n")
@@ -437,6 +444,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jax_variant", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--sampler", default="ddim", help=argparse.SUPPRESS)
     parser.add_argument("--sample_steps", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help=argparse.SUPPRESS)
 
     parser.add_argument("--part", default="train,sampling", help="train, sampling or train,sampling")
     parser.add_argument("--quick", action="store_true",
@@ -467,6 +475,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sample_repeats", type=int, default=1,
                         help="sampling part: timed calls per run after a warm-up")
     parser.add_argument("--sample_variant", default="auto", help="sampling part: model.unet.conv_impl (+ynn as above)")
+    parser.add_argument("--results", type=pathlib.Path, default=RESULTS, help="JSON-lines file to append to")
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**QUICK_DEFAULTS)
@@ -484,13 +493,17 @@ def main(argv=None) -> int:
         if unet not in UNETS or sampler not in ("ddpm", "ddim", "dpm_solver++") or not steps.isdigit():
             parser.error(f"--sample_runs entry {spec!r}: expected UNET:SAMPLER:STEPS with UNET one of "
                          f"{', '.join(UNETS)} and SAMPLER one of ddpm, ddim, dpm_solver++")
+    # The driver compiles only for FLOP counts: it must leave the GPU's memory to the workers.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    DEVICE[0] = "gpu" if _jax_backend() == "gpu" else "cpu"
     load = os.getloadavg()[0]
-    if load > 0.5:
+    if load > 0.5 and DEVICE[0] == "cpu":
         print(f"warning: 1-minute load average {load:.1f} before the start; other work on the CPU slows both "
               f"frameworks, and multi-threaded torch eager (OpenMP) dramatically so")
     started = time.perf_counter()
     frameworks = ["jax"] + (["torch"] if "train" in parts and importlib.util.find_spec("torch") else [])
-    peaks = {fw: run_worker("--matmul", "--framework", fw)["gflops"] for fw in frameworks}
+    peaks = {fw: run_worker("--matmul", "--framework", fw, "--device", DEVICE[0], env=worker_env(""))["gflops"]
+             for fw in frameworks}
     rows = []
     if "train" in parts:
         rows += run_train(args, peaks)
@@ -503,8 +516,8 @@ def main(argv=None) -> int:
     info["platform"] = platform.platform()
     info["load_average_at_start"] = load
     options = {k: v for k, v in vars(args).items() if k not in (
-        "worker", "task", "framework", "unet", "batch", "jax_variant", "sampler", "sample_steps")}
-    append_result(RESULTS, machine=info, matmul_gflops=peaks, options=options, wall_s=wall, rows=rows)
+        "worker", "task", "framework", "unet", "batch", "jax_variant", "sampler", "sample_steps", "device", "results")}
+    append_result(args.results, machine=info, matmul_gflops=peaks, options=options, wall_s=wall, rows=rows)
     return 0
 
 

@@ -65,7 +65,8 @@ class SlotAttention(nn.Module):
 
     def forward(self, inputs):
         batch = inputs.shape[0]
-        slots = self.mu + self.log_sigma.exp() * torch.randn(batch, self.num_slots, self.slot_size)
+        slots = self.mu + self.log_sigma.exp() * torch.randn(batch, self.num_slots, self.slot_size,
+                                                             device=inputs.device)
         inputs = self.norm_inputs(inputs)
         keys = self.keys(inputs) * self.slot_size ** -0.5
         values = self.values(inputs)
@@ -88,10 +89,13 @@ def _conv(c_in, c_out, kernel, stride):
 
 
 class SlotAutoencoder(nn.Module):
-    """Mirrors slot_jax.models.autoencoder.build_autoencoder(config.model) for image_size."""
+    """Mirrors slot_jax.models.autoencoder.build_autoencoder(config.model) for image_size,
+    model.compute_dtype included: with "bfloat16" the encoder's and decoder's convolutions run
+    under bf16 autocast and the rest in float32, as in slot_jax."""
 
     def __init__(self, model_config, image_size):
         super().__init__()
+        self.bf16 = model_config.get("compute_dtype", "float32") == "bfloat16"
         m, e, d = model_config, model_config.encoder, model_config.decoder
         layers, c_in, size = [], 3, list(image_size)
         for c_out, k, s in zip(e.channels, e.kernel_sizes, e.strides):
@@ -118,14 +122,18 @@ class SlotAutoencoder(nn.Module):
         self.decoder = nn.Sequential(*layers)
         init_like_flax(self)
 
+    def _convs(self, layers, x):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return layers(x).float()
+
     def forward(self, image):  # image [B, 3, H, W] in [0, 1]
-        features = self.encoder(image)
+        features = self._convs(self.encoder, image)
         features = self.encoder_pos(features).flatten(2).transpose(1, 2)
         features = self.encoder_mlp(self.encoder_norm(features))
         slots = self.slot_attention(features)
         batch, num_slots, slot_size = slots.shape
         x = slots.reshape(batch * num_slots, slot_size, 1, 1).expand(-1, -1, *self.broadcast)
-        x = self.decoder(self.decoder_pos(x))
+        x = self._convs(self.decoder, self.decoder_pos(x))
         x = x.reshape(batch, num_slots, 4, *x.shape[-2:])
         masks = torch.softmax(x[:, :, 3:], dim=1)
         return (masks * x[:, :, :3]).sum(dim=1)

@@ -1,12 +1,17 @@
 """Train-step throughput: slot_jax's jitted step against a PyTorch eager twin of the same model.
 
     python benchmarks/train_throughput.py [--models small64,report128] [--batches 8,32]
-        [--rounds 2] [--steps 5] [--jax_variants auto/auto+ynn,auto/auto]
+        [--rounds 2] [--steps 5] [--jax_variants auto/auto+ynn,auto/auto] [--dtypes float32,bfloat16]
 
 Each measurement runs in its own subprocess (so peak memory is that framework's alone), the
 frameworks alternate, every step is timed after warm-up, and the median is kept. A float32
 matmul measured in the same run gives the machine's peak. Prints a table and appends one JSON
 line with the machine to benchmarks/results/train_throughput.jsonl.
+
+Both frameworks run on JAX's default backend: on a GPU machine slot_jax runs on the GPU and the
+PyTorch twin on CUDA (timed with synchronisation), and peak memory is the GPU's. `--dtypes`
+times each model in float32 and/or with bfloat16 convolutions (model.compute_dtype; PyTorch runs
+the same convolutions under bf16 autocast), each against a matmul of its own dtype.
 
 A JAX variant ending in "+ynn" runs with SLOT_JAX_YNN_CONVOLUTIONS=1, i.e. with XLA:CPU's default
 YNNPACK convolutions instead of the Eigen ones slot_jax selects (slot_jax/xla_cpu.py), so one run
@@ -41,14 +46,16 @@ MODELS = {
 }
 
 
-def model_config(name: str, jax_variant: str = "auto/auto"):
+def model_config(name: str, jax_variant: str = "auto/auto", dtype: str = "float32"):
     """`jax_variant` is "UPSAMPLE/CONV_IMPL", e.g. "subpixel/native" (see model.decoder.upsample and
-    model.conv_impl); a bare "UPSAMPLE" keeps conv_impl=auto; a "+ynn" suffix is ignored here."""
+    model.conv_impl); a bare "UPSAMPLE" keeps conv_impl=auto; a "+ynn" suffix is ignored here.
+    `dtype` is model.compute_dtype."""
     from slot_jax.config_loader import config_from_args
     upsample, _, conv_impl = jax_variant.removesuffix(YNN_SUFFIX).partition("/")
     variant, overrides = MODELS[name]
     return config_from_args(f"{CONFIG}:{variant}", {
-        **overrides, "model.decoder.upsample": upsample, "model.conv_impl": conv_impl or "auto"})
+        **overrides, "model.decoder.upsample": upsample, "model.conv_impl": conv_impl or "auto",
+        "model.compute_dtype": dtype})
 
 
 def image_size(config):
@@ -86,6 +93,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def peak_memory_mb(framework: str) -> float:
+    """The accelerator's peak allocation when the worker ran on one, else the process's peak RSS."""
+    if framework == "jax":
+        import jax
+        stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+        if stats and "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2**20
+    else:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20
+    return peak_rss_mb()
+
+
+def torch_device(args):
+    """CUDA when the driver found JAX on a GPU (`--device gpu`), so both frameworks use the same
+    chip. (The torch worker does not import JAX: JAX would take most of the GPU's memory.)"""
+    import torch
+    if args.device == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("JAX runs on a GPU but PyTorch sees no CUDA device: install a CUDA build of torch")
+    return torch.device("cuda" if args.device == "gpu" else "cpu")
+
+
+def _jax_backend() -> str:
+    """JAX's default backend (main() keeps this driver process from reserving the GPU's memory)."""
+    import jax
+    return jax.default_backend()
+
+
 # ----------------------------------------------------------------------------- workers
 
 def jax_worker(args) -> dict:
@@ -100,7 +136,7 @@ def jax_worker(args) -> dict:
     from slot_jax.training.state import create_train_state
     from slot_jax.training.step import train_step
 
-    config = model_config(args.model, args.jax_variant)
+    config = model_config(args.model, args.jax_variant, args.dtype)
     config.train.schedule, config.train.learning_rate = "constant", 4e-4
     size = image_size(config)
     model, optimizer = build_autoencoder(config.model), build_optimizer(config.train)
@@ -127,12 +163,13 @@ def torch_worker(args) -> dict:
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-    config = model_config(args.model)
+    device = torch_device(args)
+    config = model_config(args.model, dtype=args.dtype)
     size = image_size(config)
-    model = SlotAutoencoder(config.model, size)
+    model = SlotAutoencoder(config.model, size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
     rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.integers(0, 256, (args.batch, 3, *size), dtype=np.uint8))
+    images = torch.from_numpy(rng.integers(0, 256, (args.batch, 3, *size), dtype=np.uint8)).to(device)
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
@@ -141,23 +178,30 @@ def torch_worker(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-    return {"times": times, "loss": float(loss)}
+    return {"times": times, "loss": float(loss.detach()), "device": str(device)}
 
 
 def matmul_worker(args) -> dict:
-    n = 2048
+    """A square matmul in `args.dtype`: 2048^3 on the CPU, 8192^3 on a GPU."""
     if args.framework == "jax":
         import jax
-        a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+        import jax.numpy as jnp
+        n = 2048 if jax.default_backend() == "cpu" else 8192
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n)).astype(jnp.dtype(args.dtype))
         f = jax.jit(lambda x: x @ x)
         run = lambda: jax.block_until_ready(f(a))
     else:
         import torch
         torch.set_num_threads(os.cpu_count())
-        a = torch.randn(n, n)
-        run = lambda: a @ a
+        device = torch_device(args)
+        n = 2048 if device.type == "cpu" else 8192
+        a = torch.randn(n, n, device=device, dtype=getattr(torch, args.dtype))
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        run = lambda: (a @ a, sync())
     for _ in range(3):
         run()
     times = []
@@ -175,7 +219,7 @@ def worker_main(args) -> None:
         result = jax_worker(args)
     else:
         result = torch_worker(args)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = peak_memory_mb(args.framework)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -185,7 +229,8 @@ def worker_env(jax_variant: str) -> dict:
     """The environment of a worker: a "+ynn" variant keeps XLA's YNNPACK convolutions. (This
     process imported slot_jax, which put its flag into XLA_FLAGS: the child must not inherit it.)"""
     from slot_jax import xla_cpu
-    env = {k: v for k, v in os.environ.items() if k != xla_cpu.OPT_OUT}
+    # Nor the driver's XLA_PYTHON_CLIENT_PREALLOCATE (see _jax_backend): JAX workers allocate as usual.
+    env = {k: v for k, v in os.environ.items() if k not in (xla_cpu.OPT_OUT, "XLA_PYTHON_CLIENT_PREALLOCATE")}
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f != xla_cpu.FLAG)
     if jax_variant.endswith(YNN_SUFFIX):
         env[xla_cpu.OPT_OUT] = "1"
@@ -207,7 +252,8 @@ def machine() -> dict:
     import jax
     info = {"node": platform.node(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()]}
+            "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()],
+            "jaxlib": __import__("jaxlib").__version__}
     try:
         import torch
         info["torch"] = torch.__version__
@@ -229,6 +275,10 @@ def append_result(path: pathlib.Path, **record) -> None:
             "commit": commit, **record}) + "\n")
 
 
+def _dtype_tag(dtype: str) -> str:
+    return "" if dtype == "float32" else "/bf16"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -237,53 +287,70 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="small64", choices=tuple(MODELS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--jax_variant", default="auto/auto")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help=argparse.SUPPRESS)
     parser.add_argument("--models", default="small64,report128")
     parser.add_argument("--batches", default="8,32")
     parser.add_argument("--jax_variants", default="auto/auto+ynn,auto/auto",
                         help="comma-separated UPSAMPLE/CONV_IMPL pairs to time, e.g. transpose/native, "
                              "subpixel/im2col, auto/auto (the default the configs use); a +ynn suffix "
                              "keeps XLA's YNNPACK convolutions")
+    parser.add_argument("--dtypes", default="float32",
+                        help="comma-separated compute dtypes to time: float32, bfloat16")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--results", type=pathlib.Path, default=RESULTS, help="JSON-lines file to append to")
     args = parser.parse_args(argv)
     if args.worker:
         worker_main(args)
         return 0
+    # The driver only asks JAX for its backend and machine: it must leave the GPU's memory to the
+    # workers. (Read when JAX starts its GPU client, so set before any JAX computation.)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-    common = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    peaks = {fw: run_worker("--matmul", "--framework", fw)["gflops"] for fw in ("jax", "torch")}
-    print(f"float32 2048^3 matmul: jax {peaks['jax']:.0f} GFLOP/s, torch {peaks['torch']:.0f} GFLOP/s")
+    device = "gpu" if _jax_backend() == "gpu" else "cpu"
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", device]
+    dtypes = args.dtypes.split(",")
+    peaks = {(fw, dtype): run_worker("--matmul", "--framework", fw, "--dtype", dtype, "--device", device,
+                                     env=worker_env(""))["gflops"]
+             for fw in ("jax", "torch") for dtype in dtypes}
+    for dtype in dtypes:
+        print(f"{dtype} matmul: jax {peaks['jax', dtype]:.0f} GFLOP/s, torch {peaks['torch', dtype]:.0f} GFLOP/s")
     rows = []
     for name in args.models.split(","):
         flops = 3 * forward_flops(model_config(name))  # forward + backward ~ 3x forward
         for batch in map(int, args.batches.split(",")):
+            # (label, framework, jax variant, dtype)
+            entries = [(f"torch{_dtype_tag(d)}", "torch", "auto/auto", d) for d in dtypes] + [
+                (f"jax/{v}{_dtype_tag(d)}", "jax", v, d) for v in args.jax_variants.split(",") for d in dtypes]
             times = {}
-            entries = [("torch", "torch")] + [(f"jax/{v}", v) for v in args.jax_variants.split(",")]
             for round_index in range(args.rounds):
                 order = entries if round_index % 2 == 0 else entries[::-1]
-                for label, variant in order:
-                    framework = "torch" if label == "torch" else "jax"
+                for label, framework, variant, dtype in order:
                     result = run_worker("--framework", framework, "--model", name, "--batch", str(batch),
-                                        "--jax_variant", variant, *common, env=worker_env(variant))
-                    slot = times.setdefault(label, {"times": [], "peak_rss_mb": 0.0})
+                                        "--jax_variant", variant, "--dtype", dtype, *common, env=worker_env(variant))
+                    slot = times.setdefault(label, {"times": [], "peak_rss_mb": 0.0, "framework": framework,
+                                                    "dtype": dtype})
                     slot["times"] += result["times"]
                     slot["peak_rss_mb"] = max(slot["peak_rss_mb"], result["peak_rss_mb"])
-            torch_s = statistics.median(times["torch"]["times"])
             for label, slot in times.items():
                 seconds = statistics.median(slot["times"])
+                torch_s = statistics.median(times[f"torch{_dtype_tag(slot['dtype'])}"]["times"])
                 gflops = flops * batch / seconds / 1e9
-                peak = peaks["torch" if label == "torch" else "jax"]
-                rows.append({"model": name, "batch": batch, "impl": label, "s_per_step": seconds,
-                             "images_per_s": batch / seconds, "vs_torch": torch_s / seconds,
+                peak = peaks[slot["framework"], slot["dtype"]]
+                rows.append({"model": name, "batch": batch, "impl": label, "dtype": slot["dtype"],
+                             "s_per_step": seconds, "images_per_s": batch / seconds, "vs_torch": torch_s / seconds,
                              "gflops": gflops, "pct_matmul_peak": 100 * gflops / peak,
                              "peak_rss_mb": slot["peak_rss_mb"], "step_gflop": flops * batch / 1e9})
-    print(f"{'model':10} {'batch':>5} {'impl':18} {'s/step':>8} {'img/s':>8} {'x torch':>8} "
-          f"{'GFLOP/s':>8} {'% peak':>7} {'RSS MB':>8}")
+    memory = "RSS MB" if device == "cpu" else "GPU MB"
+    print(f"{'model':10} {'batch':>5} {'impl':23} {'s/step':>8} {'img/s':>8} {'x torch':>8} "
+          f"{'GFLOP/s':>8} {'% peak':>7} {memory:>8}")
     for r in rows:
-        print(f"{r['model']:10} {r['batch']:>5} {r['impl']:18} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
+        print(f"{r['model']:10} {r['batch']:>5} {r['impl']:23} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
               f"{r['vs_torch']:>8.2f} {r['gflops']:>8.1f} {r['pct_matmul_peak']:>7.1f} {r['peak_rss_mb']:>8.0f}")
-    append_result(RESULTS, machine=machine(), matmul_gflops=peaks, steps=args.steps, rounds=args.rounds, rows=rows)
+    append_result(args.results, machine=machine(), matmul_gflops={f"{fw}/{d}": v for (fw, d), v in peaks.items()},
+                  steps=args.steps, rounds=args.rounds, rows=rows)
     return 0
 
 

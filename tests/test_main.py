@@ -141,6 +141,7 @@ def test_bad_workdirs_and_overrides_are_one_line_errors(tmp_path, tiny_args, cap
         (tiny_args(tmp_path / "w", **{"data.global_batch_size": "6"}), "multiple of the 4 devices"),
         (tiny_args(tmp_path / "w", **{"data.name": "clevr"}), "config.data.name"),
         (tiny_args(tmp_path / "w", **{"model.decoder.strides": "(2, 1)"}), "broadcast_size"),
+        (tiny_args(tmp_path / "w", **{"model.compute_dtype": "float16"}), "config.model.compute_dtype"),
     ]
     for args, message in cases:
         code, err = _run_cli(args, capsys)

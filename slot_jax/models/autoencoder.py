@@ -31,11 +31,19 @@ class SlotAutoencoder(nn.Module):
         return outputs
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(model_config):
+    """The convolutions' compute dtype, `model.compute_dtype` (float32 when a config lacks it)."""
+    return COMPUTE_DTYPES[model_config.get("compute_dtype", "float32")]
+
+
 def build_encoder(model_config) -> CNNEncoder:
     m = model_config
     return CNNEncoder(channels=tuple(m.encoder.channels), kernel_sizes=tuple(m.encoder.kernel_sizes),
                       strides=tuple(m.encoder.strides), mlp_features=tuple(m.encoder.mlp_features),
-                      conv_impl=m.conv_impl)
+                      conv_impl=m.conv_impl, dtype=compute_dtype(m))
 
 
 def build_slot_init(model_config) -> nn.Module:
@@ -64,6 +72,7 @@ def build_autoencoder(model_config) -> SlotAutoencoder:
             output_kernel_size=m.decoder.output_kernel_size,
             upsample=m.decoder.upsample,
             conv_impl=m.conv_impl,
+            dtype=compute_dtype(m),
         ),
     )
 

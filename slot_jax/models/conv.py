@@ -29,7 +29,7 @@ Only under YNNPACK convolutions does it pick a matmul rewrite by the layer's cha
 (`resolve_conv_impl`).
 """
 import functools
-from typing import Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -249,17 +249,25 @@ def _conv_output_shift(x, kernel, pads):
 
 class Conv(nn.Module):
     """Drop-in for `nn.Conv(features, (k, k), strides=(s, s), padding=...)` with the same
-    parameter names, shapes and initialisers, plus the lowering choice `impl`."""
+    parameter names, shapes and initialisers, plus the lowering choice `impl`. As in flax,
+    `dtype` is the compute dtype (None: the input's); parameters stay float32."""
 
     features: int
     kernel_size: Sequence[int]
     strides: Sequence[int] = (1, 1)
     padding: Padding = "SAME"
     impl: str = "auto"
+    dtype: Optional[Any] = None
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size[0]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x, kernel, bias = cast_to(self.dtype, x, kernel, bias)
         return conv2d(x, kernel, self.strides[0], self.padding, self.impl) + bias
+
+
+def cast_to(dtype, *arrays):
+    """The arrays in `dtype` (unchanged when it is None)."""
+    return arrays if dtype is None else tuple(a.astype(dtype) for a in arrays)

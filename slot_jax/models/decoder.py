@@ -1,6 +1,6 @@
 """Spatial broadcast decoder: each slot is painted on its own canvas, masks compete per pixel."""
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,7 +27,8 @@ class SpatialBroadcastDecoder(nn.Module):
     Layers with stride > 1 are stride-s transposed convolutions (x s resolution); with all
     strides 1 and `broadcast_size` equal to the image size the slots are broadcast at full
     resolution, the cheap choice for small images. The last layer predicts RGB and a mask
-    logit per slot; masks are a softmax over slots.
+    logit per slot; masks are a softmax over slots. The convolutions compute in `dtype`; the
+    masks and the mixture are computed in float32.
     """
 
     broadcast_size: Sequence[int] = (8, 8)
@@ -37,6 +38,7 @@ class SpatialBroadcastDecoder(nn.Module):
     output_kernel_size: int = 3
     upsample: str = "auto"  # see UPSAMPLE_IMPLS; all compute the same function with the same params
     conv_impl: str = "auto"  # lowering of every convolution, see slot_jax.models.conv.CONV_IMPLS
+    dtype: Any = jnp.float32  # compute dtype of the convolutions; parameters stay float32
 
     def output_size(self) -> tuple[int, int]:
         scale = 1
@@ -50,21 +52,22 @@ class SpatialBroadcastDecoder(nn.Module):
         height, width = self.broadcast_size
         x = jnp.broadcast_to(slots.reshape(batch * num_slots, 1, 1, slot_size),
                              (batch * num_slots, height, width, slot_size))
-        x = SoftPositionEmbed()(x)
-        upsample = {"transpose": nn.ConvTranspose,
-                    "subpixel": functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl),
+        x = SoftPositionEmbed()(x).astype(self.dtype)
+        upsample = {"transpose": functools.partial(nn.ConvTranspose, dtype=self.dtype),
+                    "subpixel": functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl, dtype=self.dtype),
                     }[resolve_upsample(self.upsample)]
         layers = zip(self.channels, self.kernel_sizes, self.strides, strict=True)
         for i, (features, kernel, stride) in enumerate(layers):
             if stride == 1:
-                x = Conv(features, (kernel, kernel), padding="SAME", impl=self.conv_impl, name=f"conv_{i}")(x)
+                x = Conv(features, (kernel, kernel), padding="SAME", impl=self.conv_impl, dtype=self.dtype,
+                         name=f"conv_{i}")(x)
             else:  # named alike whatever the implementation, so checkpoints move between backends
                 x = upsample(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                              name=f"conv_{i}")(x)
             x = nn.relu(x)
         kernel = self.output_kernel_size
-        x = Conv(4, (kernel, kernel), padding="SAME", impl=self.conv_impl, name="output")(x)
-        x = x.reshape(batch, num_slots, *x.shape[1:])
+        x = Conv(4, (kernel, kernel), padding="SAME", impl=self.conv_impl, dtype=self.dtype, name="output")(x)
+        x = x.astype(jnp.float32).reshape(batch, num_slots, *x.shape[1:])
         slot_images, mask_logits = x[..., :3], x[..., 3:]
         masks = jax.nn.softmax(mask_logits, axis=1)
         return {

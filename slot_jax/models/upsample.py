@@ -7,12 +7,14 @@ a depth-to-space shuffle. It computes exactly what `flax.linen.ConvTranspose` (n
 computes, with about k*k/ceil(k/s)^2 times fewer multiplications and none of the input-dilated
 convolutions that XLA's CPU backend runs slowly.
 """
+from typing import Any, Optional
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from jax._src.lax.convolution import _conv_transpose_padding  # the padding lax.conv_transpose uses
 
-from slot_jax.models.conv import conv2d, depth_to_space
+from slot_jax.models.conv import cast_to, conv2d, depth_to_space
 
 
 def _phase_taps(kernel_size: int, stride: int, pad_before: int):
@@ -67,10 +69,12 @@ class SubpixelConvTranspose(nn.Module):
     strides: tuple
     padding: str = "SAME"
     conv_impl: str = "auto"  # lowering of the inner convolution, see slot_jax.models.conv
+    dtype: Optional[Any] = None  # compute dtype, as in flax (None: the input's)
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size[0]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x, kernel, bias = cast_to(self.dtype, x, kernel, bias)
         return conv_transpose_subpixel(x, kernel, self.strides[0], self.padding, self.conv_impl) + bias

@@ -12,8 +12,9 @@ import orbax.checkpoint as ocp
 from slot_jax.errors import UserError
 
 
-# How a layer is computed, not what: free to differ between the saving and the restoring run.
-LOWERING_KEYS = (("conv_impl",), ("decoder", "upsample"))
+# How a layer is computed, not what: free to differ between the saving and the restoring run
+# (parameters are float32 whatever the compute dtype).
+LOWERING_KEYS = (("conv_impl",), ("decoder", "upsample"), ("compute_dtype",))
 
 
 def architecture_of(config) -> dict:

@@ -12,7 +12,7 @@ from slot_jax.errors import UserError
 from slot_jax.evaluation.composition import SAMPLING_MODES
 from slot_jax.evaluation.fid_score import MODES as FID_MODES
 from slot_jax.evaluation.inception import resolve_weights_path
-from slot_jax.models.autoencoder import build_autoencoder
+from slot_jax.models.autoencoder import COMPUTE_DTYPES, build_autoencoder
 from slot_jax.models.conv import CONV_IMPLS
 from slot_jax.models.decoder import UPSAMPLE_IMPLS
 from slot_jax.training import mesh as mesh_lib
@@ -60,6 +60,9 @@ def check_slot_encoder(m) -> None:
              f"config.model.encoder: channels, kernel_sizes and strides need one entry per layer, got {lengths}")
     require(m.conv_impl in CONV_IMPLS,
              f"config.model.conv_impl={m.conv_impl!r}: choose one of {', '.join(CONV_IMPLS)}")
+    dtype = m.get("compute_dtype", "float32")
+    require(dtype in COMPUTE_DTYPES,
+            f"config.model.compute_dtype={dtype!r}: choose one of {', '.join(COMPUTE_DTYPES)}")
 
 
 def check_generation(e) -> None:

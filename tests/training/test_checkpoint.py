@@ -6,9 +6,11 @@ from slot_jax.training.checkpoint import architecture_of
 
 def test_lowering_choices_are_not_architecture():
     base = load_config(f"{SA_CONFIG}:quick")
-    lowered = config_from_args(f"{SA_CONFIG}:quick", {"model.conv_impl": "native", "model.decoder.upsample": "transpose"})
+    lowered = config_from_args(f"{SA_CONFIG}:quick", {"model.conv_impl": "native", "model.decoder.upsample": "transpose",
+                                                      "model.compute_dtype": "bfloat16"})
     assert architecture_of(lowered) == architecture_of(base)
     assert "conv_impl" not in architecture_of(base)["model"]
+    assert "compute_dtype" not in architecture_of(base)["model"]
     assert "upsample" not in architecture_of(base)["model"]["decoder"]
 
 

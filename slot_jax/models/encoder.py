@@ -11,8 +11,9 @@ from slot_jax.models.layers import MLP, SoftPositionEmbed
 class CNNEncoder(nn.Module):
     """Convolutions (ReLU after each), soft position embedding, LayerNorm and an MLP.
 
-    The convolutions compute in `dtype` (bfloat16 halves their cost on GPUs and TPUs); the
-    rest, which is cheap, stays in float32. Returns a dict with `features` [B, h*w, D] and the feature-map size `grid` (h, w).
+    The convolutions compute in `dtype` (bfloat16 is meant for GPUs and TPUs); the rest, which
+    is cheap, stays in float32. Returns a dict with `features` [B, h*w, D] and the feature-map
+    size `grid` (h, w).
     """
 
     channels: Sequence[int] = (32, 32, 32, 32)

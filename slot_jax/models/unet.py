@@ -1,5 +1,6 @@
 """Slot-conditioned denoising UNet (in the spirit of LSD and SlotDiffusion): a convolutional UNet
 on latents whose attention blocks cross-attend from pixels to the slots."""
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -7,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from slot_jax.errors import UserError
+from slot_jax.models.attention import dot_product_attention
 from slot_jax.models.blocks import (Downsample, ResBlock, Upsample, ZeroConv, check_divisible_size,
                                     check_group_norm_widths)
 from slot_jax.models.conv import Conv
@@ -61,9 +63,11 @@ class SpatialTransformer(nn.Module):
         tokens = nn.GroupNorm(self.num_groups, name="norm")(x).reshape(batch, height * width, channels)
         tokens = nn.Dense(channels, name="proj_in")(tokens)
         normed = nn.LayerNorm(name="norm_self")(tokens)
-        tokens = tokens + nn.MultiHeadDotProductAttention(self.num_heads, name="self_attn")(normed, normed)
+        attention = functools.partial(nn.MultiHeadDotProductAttention, self.num_heads,
+                                      attention_fn=dot_product_attention)  # per backend, see attention.py
+        tokens = tokens + attention(name="self_attn")(normed, normed)
         normed = nn.LayerNorm(name="norm_cross")(tokens)
-        tokens = tokens + nn.MultiHeadDotProductAttention(self.num_heads, name="cross_attn")(normed, slots)
+        tokens = tokens + attention(name="cross_attn")(normed, slots)
         tokens = tokens + FeedForward(4 * channels, name="ff")(nn.LayerNorm(name="norm_ff")(tokens))
         out = nn.Dense(channels, kernel_init=nn.initializers.zeros, name="proj_out")(tokens)
         return x + out.reshape(x.shape)

@@ -14,7 +14,7 @@ from slot_jax.errors import UserError
 
 # How a layer is computed, not what: free to differ between the saving and the restoring run
 # (parameters are float32 whatever the compute dtype).
-LOWERING_KEYS = (("conv_impl",), ("decoder", "upsample"), ("compute_dtype",))
+LOWERING_KEYS = (("conv_impl",), ("decoder", "upsample"), ("compute_dtype",), ("unet", "conv_impl"))
 
 
 def architecture_of(config) -> dict:

@@ -18,3 +18,10 @@ def test_model_and_dataset_changes_are_architecture():
     base = architecture_of(load_config(f"{SA_CONFIG}:quick"))
     assert architecture_of(config_from_args(f"{SA_CONFIG}:quick", {"model.slot_size": "48"})) != base
     assert architecture_of(config_from_args(f"{SA_CONFIG}:quick", {"data.name": "multi_dsprites"})) != base
+
+
+def test_the_unets_lowering_is_not_architecture():
+    config = SA_CONFIG.parent / "diffusion.py"
+    base = architecture_of(load_config(f"{config}:quick"))
+    assert architecture_of(config_from_args(f"{config}:quick", {"model.unet.conv_impl": "native"})) == base
+    assert architecture_of(config_from_args(f"{config}:quick", {"model.unet.channels": "16"})) != base

@@ -1,0 +1,84 @@
+"""The report UNet's train step with flax's dot-product attention against slot_jax's
+(slot_jax/models/attention.py), compiled side by side in one process and timed in alternating
+steps, so both see the same machine noise.
+
+    python benchmarks/unet_attention.py [--unet report] [--batches 8,32] [--rounds 12]
+
+Prints the median and minimum step time of each and appends them to
+benchmarks/results/unet_attention.jsonl.
+"""
+import argparse
+import functools
+import pathlib
+import statistics
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+import diffusion_speed as ds  # noqa: E402
+from train_throughput import append_result, machine  # noqa: E402
+
+RESULTS = HERE / "results" / "unet_attention.jsonl"
+
+
+def compiled_steps(unet: str, batch: int) -> tuple:
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from slot_jax.models import attention, unet as unet_module
+    from slot_jax.models.diffusion import make_schedule
+    from slot_jax.training.state import state_from_params
+
+    config = ds.diffusion_config(unet, "auto")
+    d = config.diffusion
+    x0, slots = map(jnp.asarray, ds._random_inputs(config, batch))
+    schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+    steps = {}
+    for label, attention_fn in (("flax", nn.dot_product_attention), ("slot_jax", attention.dot_product_attention)):
+        unet_module.dot_product_attention = attention_fn  # looked up while the UNet is traced
+        model, optimizer = unet_module.build_unet(config.model.unet), ds._optimizer(config)
+        params = ds.host_params(model, x0[:1], jnp.zeros((1,), jnp.int32), slots[:1])
+        state = state_from_params(params, optimizer, jax.random.PRNGKey(0))
+        step = jax.jit(functools.partial(ds.unet_train_step, model=model, schedule=schedule, optimizer=optimizer))
+        steps[label] = (step.lower(state, x0, slots).compile(), state)
+    unet_module.dot_product_attention = attention.dot_product_attention
+    return steps, (x0, slots)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--unet", default="report", choices=ds.UNETS)
+    parser.add_argument("--batches", default="8,32")
+    parser.add_argument("--rounds", type=int, default=12, help="alternating steps of each; the first is a warm-up")
+    args = parser.parse_args(argv)
+    import jax
+
+    rows = []
+    for batch in map(int, args.batches.split(",")):
+        steps, inputs = compiled_steps(args.unet, batch)
+        losses = {label: float(step(state, *inputs)[1]["loss"]) for label, (step, state) in steps.items()}
+        times = {label: [] for label in steps}
+        for round_index in range(args.rounds):
+            for label, (step, state) in steps.items():
+                start = time.perf_counter()
+                jax.block_until_ready(step(state, *inputs)[1]["loss"])
+                if round_index:
+                    times[label].append(time.perf_counter() - start)
+        base = statistics.median(times["flax"])
+        for label, seconds in times.items():
+            rows.append({"unet": args.unet, "batch": batch, "attention": label, "median_s": statistics.median(seconds),
+                         "min_s": min(seconds), "speedup_vs_flax": base / statistics.median(seconds),
+                         "loss": losses[label], "steps_timed": len(seconds)})
+    print(f"{'unet':7} {'batch':>5} {'attention':10} {'median s':>9} {'min s':>7} {'x flax':>7} {'loss':>10}")
+    for r in rows:
+        print(f"{r['unet']:7} {r['batch']:>5} {r['attention']:10} {r['median_s']:>9.3f} {r['min_s']:>7.3f} "
+              f"{r['speedup_vs_flax']:>7.2f} {r['loss']:>10.6f}")
+    append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

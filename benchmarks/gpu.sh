@@ -9,7 +9,10 @@
 # 2. The diffusion UNet train step (report UNet, 32x32x3 latents) at batch 32 and 64, float32.
 # 3. Sampling speed of the report UNet: DDIM with 50 and 25 steps.
 #
-# Each part prints a table and appends a JSON line with the device name to RESULTS_DIR/*.jsonl.
+# Each part prints a table and appends a JSON line with the device name to RESULTS_DIR/*.jsonl
+# (on a GPU the "peak_rss_mb" fields hold the GPU's peak allocation). Both frameworks keep their
+# default float32 precision: XLA and cuDNN convolutions may use TF32 in both, while PyTorch's
+# float32 matmuls (and so its float32 matmul peak) do not.
 # Needs python3 with CUDA builds of jax and torch, flax, optax and orbax-checkpoint. Wheels in
 # .whl/ (ml-collections, which the device image lacks) are installed into /tmp/site first; slot_jax
 # itself runs from this checkout. Each part has its own time limit, so the whole script ends

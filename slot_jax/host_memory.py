@@ -56,5 +56,5 @@ def rerun_with_hugepages() -> None:
     pages on, where that helps. Call it before any work: nothing printed, no JAX computation.
     Returns only where it changes nothing."""
     environment = hugepage_environment(os.environ)
-    if environment is not None:
+    if environment is not None and sys.executable:  # an embedded interpreter may have no executable
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)

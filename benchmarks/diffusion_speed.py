@@ -60,7 +60,7 @@ RESULTS = HERE / "results" / "diffusion_speed.jsonl"
 CONFIG = REPO / "configs" / "diffusion.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 sys.path.insert(0, str(HERE))
-from train_throughput import (YNN_SUFFIX, _jax_backend, append_result, image_size, machine,  # noqa: E402
+from train_throughput import (YNN_SUFFIX, append_result, driver_device, image_size, machine,  # noqa: E402
                               peak_memory_mb, run_worker, torch_device, worker_env)
 
 UNETS = ("quick", "report")  # variants of configs/diffusion.py
@@ -318,11 +318,8 @@ def worker_main(args) -> None:
 
 # ----------------------------------------------------------------------------- driver
 
-DEVICE = ["cpu"]  # set by main(): "gpu" when JAX runs on one (the torch twin then runs on CUDA)
-
-
 def worker(*extra, variant: str = "") -> dict:
-    return run_worker(*extra, "--device", DEVICE[0], script=__file__, env=worker_env(variant))
+    return run_worker(*extra, "--device", driver_device(), script=__file__, env=worker_env(variant))
 
 
 def run_train(args, peaks: dict) -> list:
@@ -493,16 +490,14 @@ def main(argv=None) -> int:
         if unet not in UNETS or sampler not in ("ddpm", "ddim", "dpm_solver++") or not steps.isdigit():
             parser.error(f"--sample_runs entry {spec!r}: expected UNET:SAMPLER:STEPS with UNET one of "
                          f"{', '.join(UNETS)} and SAMPLER one of ddpm, ddim, dpm_solver++")
-    # The driver compiles only for FLOP counts: it must leave the GPU's memory to the workers.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    DEVICE[0] = "gpu" if _jax_backend() == "gpu" else "cpu"
+    device = driver_device()  # before the driver's own JAX work (FLOP counts)
     load = os.getloadavg()[0]
-    if load > 0.5 and DEVICE[0] == "cpu":
+    if load > 0.5 and device == "cpu":
         print(f"warning: 1-minute load average {load:.1f} before the start; other work on the CPU slows both "
               f"frameworks, and multi-threaded torch eager (OpenMP) dramatically so")
     started = time.perf_counter()
     frameworks = ["jax"] + (["torch"] if "train" in parts and importlib.util.find_spec("torch") else [])
-    peaks = {fw: run_worker("--matmul", "--framework", fw, "--device", DEVICE[0], env=worker_env(""))["gflops"]
+    peaks = {fw: run_worker("--matmul", "--framework", fw, "--device", device, env=worker_env(""))["gflops"]
              for fw in frameworks}
     rows = []
     if "train" in parts:

@@ -116,10 +116,13 @@ def torch_device(args):
     return torch.device("cuda" if args.device == "gpu" else "cpu")
 
 
-def _jax_backend() -> str:
-    """JAX's default backend (main() keeps this driver process from reserving the GPU's memory)."""
+def driver_device() -> str:
+    """The workers' device: "gpu" when JAX's default backend is a GPU, else "cpu". A driver calls
+    it before any JAX computation of its own: the driver only asks JAX for its backend (and FLOP
+    counts), so it must not reserve the GPU's memory, which JAX reads when it starts its client."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
-    return jax.default_backend()
+    return "gpu" if jax.default_backend() == "gpu" else "cpu"
 
 
 # ----------------------------------------------------------------------------- workers
@@ -229,7 +232,7 @@ def worker_env(jax_variant: str) -> dict:
     """The environment of a worker: a "+ynn" variant keeps XLA's YNNPACK convolutions. (This
     process imported slot_jax, which put its flag into XLA_FLAGS: the child must not inherit it.)"""
     from slot_jax import xla_cpu
-    # Nor the driver's XLA_PYTHON_CLIENT_PREALLOCATE (see _jax_backend): JAX workers allocate as usual.
+    # Nor the driver's XLA_PYTHON_CLIENT_PREALLOCATE (see driver_device): JAX workers allocate as usual.
     env = {k: v for k, v in os.environ.items() if k not in (xla_cpu.OPT_OUT, "XLA_PYTHON_CLIENT_PREALLOCATE")}
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f != xla_cpu.FLAG)
     if jax_variant.endswith(YNN_SUFFIX):
@@ -305,11 +308,7 @@ def main(argv=None) -> int:
     if args.worker:
         worker_main(args)
         return 0
-    # The driver only asks JAX for its backend and machine: it must leave the GPU's memory to the
-    # workers. (Read when JAX starts its GPU client, so set before any JAX computation.)
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
-    device = "gpu" if _jax_backend() == "gpu" else "cpu"
+    device = driver_device()
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", device]
     dtypes = args.dtypes.split(",")
     peaks = {(fw, dtype): run_worker("--matmul", "--framework", fw, "--dtype", dtype, "--device", device,

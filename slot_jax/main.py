@@ -63,5 +63,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from slot_jax.host_memory import rerun_with_hugepages
-    rerun_with_hugepages()  # CPU steps 7-15% faster; see slot_jax/host_memory.py
+    rerun_with_hugepages()  # fewer page faults on the CPU; see slot_jax/host_memory.py
     sys.exit(main())

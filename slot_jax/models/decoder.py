@@ -52,7 +52,7 @@ class SpatialBroadcastDecoder(nn.Module):
         height, width = self.broadcast_size
         x = jnp.broadcast_to(slots.reshape(batch * num_slots, 1, 1, slot_size),
                              (batch * num_slots, height, width, slot_size))
-        x = SoftPositionEmbed()(x).astype(self.dtype)
+        x = SoftPositionEmbed()(x)  # each convolution casts its input to `dtype`
         upsample = {"transpose": functools.partial(nn.ConvTranspose, dtype=self.dtype),
                     "subpixel": functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl, dtype=self.dtype),
                     }[resolve_upsample(self.upsample)]

@@ -25,7 +25,7 @@ class CNNEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, image: jnp.ndarray) -> dict:
-        x = image.astype(self.dtype)
+        x = image
         for i, (width, kernel, stride) in enumerate(zip(self.channels, self.kernel_sizes, self.strides, strict=True)):
             # Named as nn.Conv would be, so checkpoints do not depend on the lowering.
             x = nn.relu(Conv(width, (kernel, kernel), strides=(stride, stride), padding="SAME",

@@ -1,16 +1,22 @@
 """Convolution kernels layer by layer: XLA:CPU's Eigen and YNNPACK convolutions against PyTorch.
 
-    python benchmarks/conv_kernels.py [--rounds 2] [--repeats 3]
+    python benchmarks/conv_kernels.py [--rounds 2] [--repeats 3] [--impls torch,jax/eigen,...]
 
 Times forward + backward (gradients of the input and the kernel, of sum(y^2)) of the convolutions
 that dominate the project's train steps, at their real shapes. Three workers, each in its own
 process, alternating over the rounds: JAX with the Eigen convolutions that `import slot_jax`
 selects (slot_jax/xla_cpu.py), JAX with XLA's default YNNPACK ones (SLOT_JAX_YNN_CONVOLUTIONS=1),
-and PyTorch eager (NCHW Conv2d, its default). The Eigen worker also times each layer through
+PyTorch eager (NCHW Conv2d, its default), and PyTorch with channels-last tensors, where oneDNN
+runs its NHWC kernels, the fastest convolutions we know of on this CPU. The Eigen worker also times each layer through
 `conv2d(..., impl="auto")`, i.e. with the gradient lowering slot_jax picks for it (phase_grad,
 swap_wgrad or native; slot_jax/models/conv.py). Every layer is timed after one warm-up call; the
 best of --repeats calls in each round, then the best over rounds, is kept. Prints a table and
 appends one JSON line with the machine to benchmarks/results/conv_kernels.jsonl.
+
+Fresh large tensors cost a page fault per 4 KiB on first touch, which inflates layers timed alone
+(not in a train step, where XLA and PyTorch reuse memory more): run it under
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as `python -m slot_jax.main` runs, to time the kernels
+(the machine record keeps the tunable).
 """
 import argparse
 import json
@@ -37,8 +43,10 @@ LAYERS = {
     "UNet report 32x32, 64 ch": (32, 32, 64, 64, 3, 1),
     "UNet report 16x16, 128 ch": (32, 16, 128, 128, 3, 1),
 }
-IMPLS = ("torch", "jax/eigen", "jax/ynn")
+IMPLS = ("torch", "torch/channels_last", "jax/eigen", "jax/ynn")
 AUTO = "jax/eigen, conv_impl=auto"  # timed by the jax/eigen worker
+IMPL_KEYS = {"torch": "torch_s", "torch/channels_last": "torch_channels_last_s", "jax/eigen": "jax_eigen_s",
+             "jax/ynn": "jax_ynn_s"}  # keys of the results file
 
 
 def flops(batch, size, c_in, c_out, kernel, stride) -> float:
@@ -87,14 +95,15 @@ def jax_worker(repeats: int) -> dict:
     return {"times": times, "auto_times": auto_times, "auto_impls": auto_impls, "eigen": eigen}
 
 
-def torch_worker(repeats: int) -> dict:
+def torch_worker(repeats: int, channels_last: bool) -> dict:
     import torch
 
     torch.set_num_threads(os.cpu_count())
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     times = {}
     for name, (batch, size, c_in, c_out, k, stride) in LAYERS.items():
-        conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2)
-        x = torch.randn(batch, c_in, size, size, requires_grad=True)
+        conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2).to(memory_format=layout)
+        x = torch.randn(batch, c_in, size, size).to(memory_format=layout).requires_grad_(True)
 
         def run():
             conv.zero_grad(set_to_none=True)
@@ -111,16 +120,25 @@ def main(argv=None) -> int:
     parser.add_argument("--impl", default="jax/eigen", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help=f"comma-separated subset of {', '.join(IMPLS)}; jax/eigen is always run")
     args = parser.parse_args(argv)
     if args.worker:
-        result = torch_worker(args.repeats) if args.impl == "torch" else jax_worker(args.repeats)
+        if args.impl.startswith("torch"):
+            result = torch_worker(args.repeats, channels_last=args.impl == "torch/channels_last")
+        else:
+            result = jax_worker(args.repeats)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
+    impls = [impl for impl in IMPLS if impl in {*args.impls.split(","), "jax/eigen"}]
+    unknown = set(args.impls.split(",")) - set(IMPLS)
+    if unknown:
+        parser.error(f"unknown --impls {', '.join(sorted(unknown))}: choose from {', '.join(IMPLS)}")
 
-    best = {impl: {} for impl in (*IMPLS, AUTO)}
+    best = {impl: {} for impl in (*impls, AUTO)}
     auto_impls = {}
     for round_index in range(args.rounds):
-        for impl in IMPLS if round_index % 2 == 0 else IMPLS[::-1]:
+        for impl in impls if round_index % 2 == 0 else impls[::-1]:
             print(f"  {impl} (round {round_index + 1})", flush=True)
             variant = "+ynn" if impl == "jax/ynn" else ""
             result = run_worker("--impl", impl, "--repeats", str(args.repeats), script=__file__,
@@ -133,18 +151,25 @@ def main(argv=None) -> int:
                 best[AUTO][name] = min(best[AUTO].get(name, float("inf")), seconds)
                 auto_impls[name] = result["auto_impls"][name]
     rows = []
-    print(f"{'layer':40} {'shape':28} {'torch s':>8} {'eigen s':>8} {'ynn s':>8} {'auto s':>8} {'auto is':>11} "
-          f"{'eigen GF/s':>10} {'ynn/eigen':>9} {'torch/eigen':>11} {'torch/auto':>10}")
+    columns = {"torch": "torch", "torch/channels_last": "torch NHWC", "jax/eigen": "eigen", "jax/ynn": "ynn"}
+    print(f"{'layer':40} {'shape':28} " + " ".join(f"{columns[i] + ' s':>12}" for i in impls)
+          + f" {'auto s':>8} {'auto is':>11} {'eigen GF/s':>10} {'best other / auto':>17}")
     for name, shape in LAYERS.items():
-        t, e, y = (best[impl][name] for impl in IMPLS)
+        seconds = {impl: best[impl][name] for impl in impls}
         a = best[AUTO][name]
         batch, size, c_in, c_out, k, stride = shape
-        eigen_gflops = flops(*shape) / e / 1e9
-        rows.append({"layer": name, "shape": shape, "torch_s": t, "jax_eigen_s": e, "jax_ynn_s": y,
-                     "jax_auto_s": a, "auto_impl": auto_impls[name], "eigen_gflops": eigen_gflops})
-        print(f"{name:40} {f'{batch}x{size}x{size} {c_in}->{c_out} k{k} s{stride}':28} {t:>8.3f} {e:>8.3f} "
-              f"{y:>8.3f} {a:>8.3f} {auto_impls[name]:>11} {eigen_gflops:>10.0f} {y / e:>9.2f} {t / e:>11.2f} "
-              f"{t / a:>10.2f}")
+        eigen_gflops = flops(*shape) / seconds["jax/eigen"] / 1e9
+        others = [seconds[i] for i in impls if i.startswith("torch")]
+        row = {"layer": name, "shape": shape, "jax_auto_s": a, "auto_impl": auto_impls[name],
+               "eigen_gflops": eigen_gflops}
+        row.update({IMPL_KEYS[impl]: t for impl, t in seconds.items()})
+        rows.append(row)
+        print(f"{name:40} {f'{batch}x{size}x{size} {c_in}->{c_out} k{k} s{stride}':28} "
+              + " ".join(f"{seconds[i]:>12.3f}" for i in impls)
+              + f" {a:>8.3f} {auto_impls[name]:>11} {eigen_gflops:>10.0f} "
+              + (f"{min(others) / a:>17.2f}" if others else f"{'-':>17}"))
+    print("best other / auto: the fastest PyTorch layout's time over slot_jax's (conv_impl=auto); "
+          "above 1 slot_jax is faster")
     append_result(RESULTS, machine=machine(), rounds=args.rounds, repeats=args.repeats, rows=rows)
     return 0
 

@@ -257,6 +257,8 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
             "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()],
             "jaxlib": __import__("jaxlib").__version__}
+    if os.environ.get("GLIBC_TUNABLES"):  # e.g. glibc.malloc.hugetlb=1, which changes the timings
+        info["glibc_tunables"] = os.environ["GLIBC_TUNABLES"]
     try:
         import torch
         info["torch"] = torch.__version__

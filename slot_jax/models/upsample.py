@@ -12,9 +12,19 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from jax._src.lax.convolution import _conv_transpose_padding  # the padding lax.conv_transpose uses
 
 from slot_jax.models.conv import cast_to, conv2d, depth_to_space
+
+
+def conv_transpose_same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
+    """The (before, after) padding of the zero-dilated input with which `lax.conv_transpose`
+    (padding="SAME") turns n inputs into n*s outputs. The dilated input has (n-1)*s + 1 entries, so
+    the two sides hold k + s - 2 in all; lax puts k - 1 (a full kernel overhang) before when the
+    stride exceeds k - 1, and otherwise the larger half before. (Written out here rather than
+    imported from jax's private modules; tests check it against lax.conv_transpose itself.)"""
+    total = kernel_size + stride - 2
+    before = kernel_size - 1 if stride > kernel_size - 1 else -(-total // 2)
+    return before, total - before
 
 
 def _phase_taps(kernel_size: int, stride: int, pad_before: int):
@@ -35,7 +45,9 @@ def subpixel_kernel(kernel: jnp.ndarray, stride: int, padding: str = "SAME"):
     k = kernel.shape[0]
     if kernel.shape[1] != k:
         raise ValueError(f"square kernels only, got {kernel.shape[:2]}")
-    pad_before, _ = _conv_transpose_padding(k, stride, padding)
+    if padding != "SAME":
+        raise ValueError(f"the sub-pixel transposed convolution supports padding='SAME' only, got {padding!r}")
+    pad_before, _ = conv_transpose_same_padding(k, stride)
     phases = _phase_taps(k, stride, pad_before)
     offsets = [d for taps in phases for d in taps]
     lo, hi = min(offsets), max(offsets)

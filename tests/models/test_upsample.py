@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slot_jax.models.decoder import SpatialBroadcastDecoder
-from slot_jax.models.upsample import SubpixelConvTranspose, depth_to_space
+from slot_jax.models.upsample import SubpixelConvTranspose, conv_transpose_same_padding, depth_to_space, subpixel_kernel
 
 
 @pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
@@ -25,6 +25,24 @@ def test_values_and_gradients_match_native_conv_transpose(kernel, stride):
     g_native = jax.grad(loss(native), argnums=(0, 1))(params, x)
     g_subpixel = jax.grad(loss(subpixel), argnums=(0, 1))(params, x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_native, g_subpixel)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
+def test_same_padding_is_the_explicit_padding_lax_uses(stride):
+    for kernel in range(1, 8):
+        x = jax.random.normal(jax.random.PRNGKey(kernel), (1, 5, 4, 2))
+        w = jax.random.normal(jax.random.PRNGKey(stride), (kernel, kernel, 2, 3))
+        pads = conv_transpose_same_padding(kernel, stride)
+        same = jax.lax.conv_transpose(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        explicit = jax.lax.conv_transpose(x, w, (stride, stride), [pads, pads],
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        assert same.shape == (1, 5 * stride, 4 * stride, 3)
+        np.testing.assert_array_equal(same, explicit, err_msg=f"kernel {kernel}")
+
+
+def test_padding_other_than_same_is_refused():
+    with pytest.raises(ValueError, match="padding='SAME' only"):
+        subpixel_kernel(jnp.ones((3, 3, 2, 2)), 2, "VALID")
 
 
 def test_depth_to_space_places_phase_channels():

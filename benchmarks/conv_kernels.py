@@ -43,6 +43,13 @@ LAYERS = {
     "UNet report 32x32, 64 ch": (32, 32, 64, 64, 3, 1),
     "UNet report 16x16, 128 ch": (32, 16, 128, 128, 3, 1),
 }
+# The PyTorch twin (torch_twin.py) upsamples with ConvTranspose2d instead of the sub-pixel layers
+# above: timed by the PyTorch workers only, for comparison with the "(sub-pixel)" rows.
+TRANSPOSED = {
+    "SA decoder 8->16, twin's ConvTranspose2d": (224, 8, 32, 32, 5, 2),
+    "SA decoder 16->32, twin's ConvTranspose2d": (224, 16, 32, 32, 5, 2),
+    "SA decoder 32->64, twin's ConvTranspose2d": (224, 32, 32, 32, 5, 2),
+}
 IMPLS = ("torch", "torch/channels_last", "jax/eigen", "jax/ynn")
 AUTO = "jax/eigen, conv_impl=auto"  # timed by the jax/eigen worker
 IMPL_KEYS = {"torch": "torch_s", "torch/channels_last": "torch_channels_last_s", "jax/eigen": "jax_eigen_s",
@@ -101,8 +108,12 @@ def torch_worker(repeats: int, channels_last: bool) -> dict:
     torch.set_num_threads(os.cpu_count())
     layout = torch.channels_last if channels_last else torch.contiguous_format
     times = {}
-    for name, (batch, size, c_in, c_out, k, stride) in LAYERS.items():
-        conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2).to(memory_format=layout)
+    for name, (batch, size, c_in, c_out, k, stride) in {**LAYERS, **TRANSPOSED}.items():
+        if name in TRANSPOSED:  # output = stride x input, as the twin's decoder
+            conv = torch.nn.ConvTranspose2d(c_in, c_out, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+        else:
+            conv = torch.nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2)
+        conv = conv.to(memory_format=layout)
         x = torch.randn(batch, c_in, size, size).to(memory_format=layout).requires_grad_(True)
 
         def run():
@@ -170,6 +181,13 @@ def main(argv=None) -> int:
               + (f"{min(others) / a:>17.2f}" if others else f"{'-':>17}"))
     print("best other / auto: the fastest PyTorch layout's time over slot_jax's (conv_impl=auto); "
           "above 1 slot_jax is faster")
+    torch_impls = [impl for impl in impls if impl.startswith("torch")]
+    for name, shape in TRANSPOSED.items() if torch_impls else ():
+        batch, size, c_in, c_out, k, stride = shape
+        seconds = {impl: best[impl][name] for impl in torch_impls}
+        rows.append({"layer": name, "shape": shape, **{IMPL_KEYS[impl]: t for impl, t in seconds.items()}})
+        print(f"{name:40} {f'{batch}x{size}x{size} {c_in}->{c_out} k{k} s{stride}':28} "
+              + " ".join(f"{seconds[i]:>12.3f}" for i in torch_impls))
     append_result(RESULTS, machine=machine(), rounds=args.rounds, repeats=args.repeats, rows=rows)
     return 0
 

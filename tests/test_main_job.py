@@ -1,5 +1,7 @@
 """The report's main job (configs/diffusion.py) end to end on a tiny config: every stage, the
 report, resuming, and bad input refused before anything is trained or overwritten."""
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -45,8 +47,19 @@ def _snapshot(directory):
 def trained(tmp_path_factory):
     """One tiny run of the whole job (2 steps per stage), shared by the tests below."""
     workdir = tmp_path_factory.mktemp("pipeline") / "run"
-    assert cli.main(_args(workdir)) == 0
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:  # progress lines, kept beside the workdir
+        code = cli.main(_args(workdir))
+    (workdir.parent / "stderr.txt").write_text(stderr.getvalue())
+    assert code == 0, stderr.getvalue()[-3000:]
     return workdir
+
+
+def test_training_and_sampling_show_progress(trained):
+    lines = (trained.parent / "stderr.txt").read_text().splitlines()
+    assert any(line.startswith("step 2/2 | ") and "steps/s | ETA" in line for line in lines)
+    for what, count in (("reconstructions", 4), ("compositions", 8)):
+        prefix = f"[diffusion] sampling {what} (ddim, 2 steps): image {count}/{count} | "
+        assert any(line.startswith(prefix) and "images/s | ETA" in line for line in lines), what
 
 
 def test_every_stage_is_trained_evaluated_and_reported(trained):

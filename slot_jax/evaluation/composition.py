@@ -17,7 +17,7 @@ import dataclasses
 import json
 import pathlib
 import zipfile
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -117,15 +117,21 @@ def sample_slot_sets(library: SlotLibrary, num_sets: int, key, mode: str = "clus
     return np.asarray(jax.vmap(one_set)(jax.random.split(key, num_sets)))
 
 
-def decode_in_batches(decode: Decoder, slot_sets, key, batch_size: int) -> np.ndarray:
-    """Decodes slot sets [N, K, D] in batches (the last one padded to a whole batch) -> [N, H, W, 3]."""
+def decode_in_batches(decode: Decoder, slot_sets, key, batch_size: int,
+                      on_batch: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """Decodes slot sets [N, K, D] in batches of min(batch_size, N), the last one padded to a whole
+    batch so that one compiled shape serves all -> [N, H, W, 3]. `on_batch(images_done)` is called
+    after each batch (progress reports: a diffusion decoder samples for minutes per batch on a CPU)."""
     slot_sets = np.asarray(slot_sets, np.float32)
+    batch_size = max(1, min(batch_size, len(slot_sets)))
     images = []
     for start in range(0, len(slot_sets), batch_size):
         chunk = slot_sets[start:start + batch_size]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
         out = decode(jnp.asarray(padded), jax.random.fold_in(key, start))
         images.append(np.asarray(out)[:len(chunk)])
+        if on_batch is not None:
+            on_batch(start + len(chunk))
     return np.clip(np.concatenate(images), 0.0, 1.0)
 
 

@@ -139,10 +139,12 @@ class DiffusionExperiment(ExperimentBase):
         decode = self.decoder(state.params)
         key = jax.random.PRNGKey(c.eval.seed)
         count = min(c.eval.num_reconstructions, len(slots))
-        recons = generation.decode_in_batches(decode, slots[:count], key, c.eval.batch_size)
+        sampler = f"{c.sampler.name}, {c.sampler.num_steps} steps"
+        recons = generation.decode_in_batches(decode, slots[:count], key, c.eval.batch_size, generation.progress_reporter(
+            count, f"[diffusion] sampling reconstructions ({sampler})"))
         summary["reconstruction/num_images"] = count
         summary["reconstruction/mse"] = float(np.mean((recons - images[:count] / 255.0) ** 2))
-        composition = generation.compose(c, decode, slots, step)
+        composition = generation.compose(c, decode, slots, step, f"[diffusion] sampling compositions ({sampler})")
         summary.update(composition["summary"])
         summary.update(generation.fid_scores(c, workdir, images, {
             "reconstruction": np.round(recons * 255).astype(np.uint8), "composition": composition["images"]}))

@@ -15,6 +15,7 @@ from slot_jax.evaluation import fid_score
 from slot_jax.evaluation.composition import (LIBRARY_FILE, build_slot_library, decode_in_batches,
                                              sample_slot_sets, save_compositions)
 from slot_jax.evaluation.inception import WeightsNotFoundError
+from slot_jax.training.writers import Progress
 
 
 def decoder_of(experiment, params):
@@ -24,9 +25,16 @@ def decoder_of(experiment, params):
     return lambda slots, key: apply(params["decoder"], slots)
 
 
-def compose(config, decode, slots, step: int) -> dict:
+def progress_reporter(total: int, label: str):
+    """`on_batch` for decode_in_batches: a progress line per batch (from the chief process only)."""
+    progress = Progress(total, 0, unit="image", label=label, enabled=jax.process_index() == 0)
+    return lambda done: progress.update(done, {})
+
+
+def compose(config, decode, slots, step: int, progress_label: str = "") -> dict:
     """k-means library of `slots` [N, K, D] and sampled slot sets, decoded. Nothing is written
-    here (see `save_composition`), so a later failure leaves the previous results in place."""
+    here (see `save_composition`), so a later failure leaves the previous results in place.
+    With a `progress_label`, the decoding prints progress lines."""
     e = config.eval
     key = jax.random.PRNGKey(e.seed)
     library_key, sample_key, decode_key = jax.random.split(key, 3)
@@ -34,7 +42,8 @@ def compose(config, decode, slots, step: int) -> dict:
     library = build_slot_library(slots, num_clusters, library_key, num_restarts=e.kmeans_restarts,
                                  meta={"step": step, "dataset": config.data.name, "split": "val"})
     slot_sets = sample_slot_sets(library, e.num_compositions, sample_key, mode=e.composition_mode)
-    images = decode_in_batches(decode, slot_sets, decode_key, e.batch_size)
+    on_batch = progress_reporter(len(slot_sets), progress_label) if progress_label else None
+    images = decode_in_batches(decode, slot_sets, decode_key, e.batch_size, on_batch)
     summary = {"composition/num_clusters": num_clusters, "composition/inertia": library.inertia,
                "composition/num_images": int(len(images)), "composition/mode": e.composition_mode}
     return {"summary": summary, "library": library, "slot_sets": slot_sets, "images": images}

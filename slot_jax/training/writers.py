@@ -47,10 +47,13 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Prints `step s/N | x steps/s | ETA | loss` lines; rewrites one line on a terminal."""
+    """Prints `step s/N | x steps/s | ETA | loss` lines; rewrites one line on a terminal. Other
+    long loops name their own unit and a label: `sampling ...: image 8/64 | 0.50 images/s | ETA`."""
 
-    def __init__(self, total_steps: int, start_step: int, *, stream=None, enabled: bool = True):
+    def __init__(self, total_steps: int, start_step: int, *, stream=None, enabled: bool = True,
+                 unit: str = "step", label: str = ""):
         self.total, self.stream, self.enabled = total_steps, stream or sys.stderr, enabled
+        self.unit, self.prefix = unit, f"{label}: " if label else ""
         self.last_step, self.last_time = start_step, time.perf_counter()
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
 
@@ -59,8 +62,9 @@ class Progress:
         rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_step, self.last_time = step, now
         eta = (self.total - step) / rate if rate > 0 else float("inf")
-        shown = " | ".join(f"{k} {v:.4g}" for k, v in scalars.items())
-        line = f"step {step}/{self.total} | {rate:.2f} steps/s | ETA {_duration(eta)} | {shown}"
+        fields = [f"{self.prefix}{self.unit} {step}/{self.total}", f"{rate:.2f} {self.unit}s/s", f"ETA {_duration(eta)}"]
+        fields += [f"{k} {v:.4g}" for k, v in scalars.items()]
+        line = " | ".join(fields)
         if self.enabled:
             end = "\r" if self.interactive and step < self.total else "\n"
             self.stream.write(("\x1b[2K" if self.interactive else "") + line + end)

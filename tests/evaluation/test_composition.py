@@ -83,6 +83,21 @@ def test_decode_in_batches_keeps_order_and_count_with_a_fixed_batch_shape():
     np.testing.assert_allclose(images[:, 0, 0, 0], np.arange(7) / 10.0)
 
 
+def test_decode_in_batches_reports_progress_and_never_pads_beyond_the_count():
+    shapes, done = [], []
+
+    def decode(slots, key):
+        shapes.append(slots.shape)
+        return jnp.zeros((slots.shape[0], 2, 2, 3))
+
+    sets = np.zeros((7, 2, 1), np.float32)
+    decode_in_batches(decode, sets, jax.random.PRNGKey(0), batch_size=3, on_batch=done.append)
+    assert done == [3, 6, 7]
+    shapes.clear()
+    images = decode_in_batches(decode, sets[:5], jax.random.PRNGKey(0), batch_size=32)
+    assert images.shape == (5, 2, 2, 3) and shapes == [(5, 2, 1)]  # one batch of 5, not 32
+
+
 def test_save_compositions_writes_png_and_npz(tmp_path):
     images = np.random.default_rng(0).random((5, 8, 8, 3)).astype(np.float32)
     paths = save_compositions(tmp_path, "comp", images, np.zeros((5, 3, 4)), columns=4, min_cell=8)

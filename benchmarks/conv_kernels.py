@@ -162,6 +162,7 @@ def main(argv=None) -> int:
                 best[AUTO][name] = min(best[AUTO].get(name, float("inf")), seconds)
                 auto_impls[name] = result["auto_impls"][name]
     rows = []
+    torch_impls = [impl for impl in impls if impl.startswith("torch")]
     columns = {"torch": "torch", "torch/channels_last": "torch NHWC", "jax/eigen": "eigen", "jax/ynn": "ynn"}
     print(f"{'layer':40} {'shape':28} " + " ".join(f"{columns[i] + ' s':>12}" for i in impls)
           + f" {'auto s':>8} {'auto is':>11} {'eigen GF/s':>10} {'best other / auto':>17}")
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
         a = best[AUTO][name]
         batch, size, c_in, c_out, k, stride = shape
         eigen_gflops = flops(*shape) / seconds["jax/eigen"] / 1e9
-        others = [seconds[i] for i in impls if i.startswith("torch")]
+        others = [seconds[i] for i in torch_impls]
         row = {"layer": name, "shape": shape, "jax_auto_s": a, "auto_impl": auto_impls[name],
                "eigen_gflops": eigen_gflops}
         row.update({IMPL_KEYS[impl]: t for impl, t in seconds.items()})
@@ -181,7 +182,6 @@ def main(argv=None) -> int:
               + (f"{min(others) / a:>17.2f}" if others else f"{'-':>17}"))
     print("best other / auto: the fastest PyTorch layout's time over slot_jax's (conv_impl=auto); "
           "above 1 slot_jax is faster")
-    torch_impls = [impl for impl in impls if impl.startswith("torch")]
     for name, shape in TRANSPOSED.items() if torch_impls else ():
         batch, size, c_in, c_out, k, stride = shape
         seconds = {impl: best[impl][name] for impl in torch_impls}

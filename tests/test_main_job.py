@@ -70,6 +70,7 @@ def test_every_stage_is_trained_evaluated_and_reported(trained):
     assert vae["latent/shape"] == [16, 16, 3]  # 64x64 Multi-dSprites, three levels: x4
     assert np.isfinite(diffusion["val/loss"]) and diffusion["val/num_images"] == 16
     assert diffusion["reconstruction/num_images"] == 4 and diffusion["composition/num_images"] == 8
+    assert (diffusion["sampler/name"], diffusion["sampler/num_steps"]) == ("ddim", 2)
     assert diffusion["fid/skipped"].startswith(("skipped: Inception weights", "disabled"))
     for path in ("figures/val_reconstructions.png", "figures/val_slot_masks.png", "figures/compositions.png",
                  "figures/loss_curves.png", "compositions.npz", "slot_library.npz",
@@ -144,12 +145,16 @@ def test_slots_of_another_size_are_refused_by_the_sampler(trained):
 def test_eval_mode_rescores_every_stage_and_rewrites_the_report(trained, capsys):
     checkpoints = {stage: _snapshot(trained / stage / "checkpoints") for stage in ("vae", "autoencoder")}
     (trained / "report.md").unlink()
-    assert cli.main(_args(trained) + ["--mode=eval"]) == 0
+    # Evaluation may sample with another sampler than training did; results and report say which.
+    sampler = {"sampler.name": "dpm_solver++", "sampler.num_steps": 3}
+    assert cli.main(_args(trained, **sampler) + ["--mode=eval"]) == 0
     out = capsys.readouterr().out
     for stage in ("autoencoder", "vae", "diffusion"):
         assert f"[{stage}] evaluating in" in out
-    assert (trained / "report.md").is_file()
+    assert "sampler dpm_solver++ with 3 steps" in (trained / "report.md").read_text()
     latest = max(int(p.name) for p in (trained / "checkpoints").iterdir() if p.name.isdigit())
-    assert json.loads((trained / "eval_results.json").read_text())["step"] == latest
+    results = json.loads((trained / "eval_results.json").read_text())
+    assert results["step"] == latest
+    assert (results["sampler/name"], results["sampler/num_steps"]) == ("dpm_solver++", 3)
     for stage, before in checkpoints.items():
         assert _snapshot(trained / stage / "checkpoints") == before  # evaluation writes no checkpoint

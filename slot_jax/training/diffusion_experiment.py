@@ -133,6 +133,9 @@ class DiffusionExperiment(ExperimentBase):
         per_example, outputs, batch = score_split(self, state.params, keep_outputs=rows, collect=True)
         step = int(jax.device_get(state.step))
         summary = {"step": step, "vae/step": self.vae_step, "latent/scale": float(self.frozen["latent_scale"]),
+                   # an evaluation may override the sampler the model was trained with
+                   "sampler/name": c.sampler.name, "sampler/num_steps": int(c.sampler.num_steps),
+                   "sampler/eta": float(c.sampler.eta),
                    **summarise(per_example, "val", sources=("attention",))}
         valid = per_example["valid"].astype(bool)
         slots, images = per_example["slots"][valid], per_example["image"][valid]

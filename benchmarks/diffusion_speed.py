@@ -60,7 +60,7 @@ RESULTS = HERE / "results" / "diffusion_speed.jsonl"
 CONFIG = REPO / "configs" / "diffusion.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 sys.path.insert(0, str(HERE))
-from train_throughput import (YNN_SUFFIX, append_result, driver_device, image_size, machine,  # noqa: E402
+from train_throughput import (append_result, strip_suffixes, driver_device, image_size, machine,  # noqa: E402
                               peak_memory_mb, run_worker, torch_device, worker_env)
 
 UNETS = ("quick", "report")  # variants of configs/diffusion.py
@@ -73,7 +73,7 @@ LEARNING_RATE = 4e-4
 
 def diffusion_config(unet: str, conv_impl: str = "auto"):
     from slot_jax.config_loader import config_from_args
-    conv_impl = conv_impl.removesuffix(YNN_SUFFIX)
+    conv_impl = strip_suffixes(conv_impl)
     return config_from_args(f"{CONFIG}:{unet}", {
         "model.unet.conv_impl": conv_impl, "model.conv_impl": conv_impl, "vae.model.conv_impl": conv_impl})
 

@@ -35,6 +35,11 @@ RESULTS = HERE / "results" / "train_throughput.jsonl"
 CONFIG = REPO / "configs" / "slot_attention.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 YNN_SUFFIX = "+ynn"
+NO_ONEDNN_SUFFIX = "+no_onednn"  # SLOT_JAX_ONEDNN=0: "auto" as it was before slot_jax called oneDNN
+
+
+def strip_suffixes(jax_variant: str) -> str:
+    return jax_variant.removesuffix(NO_ONEDNN_SUFFIX).removesuffix(YNN_SUFFIX).removesuffix(NO_ONEDNN_SUFFIX)
 
 # name -> (config variant, overrides): the two models of issue #3's table.
 MODELS = {
@@ -51,7 +56,7 @@ def model_config(name: str, jax_variant: str = "auto/auto", dtype: str = "float3
     model.conv_impl); a bare "UPSAMPLE" keeps conv_impl=auto; a "+ynn" suffix is ignored here.
     `dtype` is model.compute_dtype."""
     from slot_jax.config_loader import config_from_args
-    upsample, _, conv_impl = jax_variant.removesuffix(YNN_SUFFIX).partition("/")
+    upsample, _, conv_impl = strip_suffixes(jax_variant).partition("/")
     variant, overrides = MODELS[name]
     return config_from_args(f"{CONFIG}:{variant}", {
         **overrides, "model.decoder.upsample": upsample, "model.conv_impl": conv_impl or "auto",
@@ -229,14 +234,18 @@ def worker_main(args) -> None:
 # ----------------------------------------------------------------------------- driver
 
 def worker_env(jax_variant: str) -> dict:
-    """The environment of a worker: a "+ynn" variant keeps XLA's YNNPACK convolutions. (This
-    process imported slot_jax, which put its flag into XLA_FLAGS: the child must not inherit it.)"""
-    from slot_jax import xla_cpu
+    """The environment of a worker: a "+ynn" variant keeps XLA's YNNPACK convolutions, a
+    "+no_onednn" one turns oneDNN off (SLOT_JAX_ONEDNN=0). (This process imported slot_jax, which
+    put its flag into XLA_FLAGS: the child must not inherit it.)"""
+    from slot_jax import onednn, xla_cpu
     # Nor the driver's XLA_PYTHON_CLIENT_PREALLOCATE (see driver_device): JAX workers allocate as usual.
-    env = {k: v for k, v in os.environ.items() if k not in (xla_cpu.OPT_OUT, "XLA_PYTHON_CLIENT_PREALLOCATE")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in (xla_cpu.OPT_OUT, onednn.SWITCH, "XLA_PYTHON_CLIENT_PREALLOCATE")}
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f != xla_cpu.FLAG)
-    if jax_variant.endswith(YNN_SUFFIX):
+    if YNN_SUFFIX in jax_variant:
         env[xla_cpu.OPT_OUT] = "1"
+    if NO_ONEDNN_SUFFIX in jax_variant:
+        env[onednn.SWITCH] = "0"
     return env
 
 

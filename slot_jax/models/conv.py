@@ -22,8 +22,14 @@ strided gather over the layer's largest tensor. `swap_wgrad` convolves the outpu
 the activations as the kernel instead, which only needs the (smaller) output gradient transposed
 and the activations regrouped in whole channel vectors. It wins when C_out << C_in.
 
-'auto' keeps XLA's native convolution off the CPU (GPU and TPU convolutions are fast). On the CPU
-with its Eigen convolutions (slot_jax/xla_cpu.py), which beat both matmul rewrites, it picks
+A fifth, `onednn`, runs the forward pass and the input gradient with oneDNN's convolution, which
+jaxlib's XLA:CPU carries (slot_jax/onednn.py), and keeps XLA's weight gradient (or swap_wgrad's):
+oneDNN's forward convolution cannot compute that one. It falls back to the choice below where
+oneDNN cannot run (not float32, negative padding, not the CPU, or its probe failed).
+
+'auto' keeps XLA's native convolution off the CPU (GPU and TPU convolutions are fast). On a
+one-device CPU with Eigen convolutions (slot_jax/xla_cpu.py) it picks `onednn` where the probe
+passed. Otherwise, with Eigen convolutions, which beat both matmul rewrites, it picks
 `phase_grad` for strided layers, `swap_wgrad` for strongly narrowing ones and native otherwise.
 Only under YNNPACK convolutions does it pick a matmul rewrite by the layer's channel ratio
 (`resolve_conv_impl`).
@@ -37,19 +43,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from slot_jax import xla_cpu
+from slot_jax import onednn, xla_cpu
 
-CONV_IMPLS = ("auto", "native", "im2col", "output_shift", "phase_grad", "swap_wgrad")
+CONV_IMPLS = ("auto", "native", "im2col", "output_shift", "phase_grad", "swap_wgrad", "onednn")
 Padding = Union[str, Sequence[tuple[int, int]]]
 
 
 def resolve_conv_impl(impl: str, c_in: int, c_out: int, stride: int, kernel_size: int = 3,
-                      size: int = 0) -> str:
+                      size: int = 0, allow_onednn: bool = True) -> str:
     """`size`: the input's smaller spatial side (0: unknown)."""
     if impl != "auto":
         return impl
     if jax.default_backend() != "cpu":
         return "native"
+    if allow_onednn and xla_cpu.eigen_convolutions() and onednn_by_default():
+        return "onednn"
     if xla_cpu.eigen_convolutions():
         # Forward + backward on a 2-core x86 CPU: 5x5 stride 2 at 64 px 2.8x faster, at 32 px 1.3x;
         # 3x3 stride 2 at 64-128 px 1.6-2.2x, at 8-32 px within +-15% of native either way.
@@ -66,6 +74,18 @@ def resolve_conv_impl(impl: str, c_in: int, c_out: int, stride: int, kernel_size
     if c_out >= 2 * c_in:
         return "im2col"
     return "native"
+
+
+def onednn_by_default() -> bool:
+    """'auto' calls oneDNN on a one-device CPU where the probe passed. With several devices the
+    sharded train step would gather the whole batch onto each device for the custom call, which
+    XLA cannot partition."""
+    return jax.device_count() == 1 and onednn.available()
+
+
+def _without_onednn(kernel_shape, stride: int, size: int) -> str:
+    k, _, c, o = kernel_shape
+    return resolve_conv_impl("auto", c, o, stride, k, size, allow_onednn=False)
 
 
 def _explicit_padding(size: int, k: int, stride: int, padding) -> tuple[int, int]:
@@ -98,6 +118,10 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Paddin
         return _native(x, kernel, stride, pads)
     if impl in ("phase_grad", "swap_wgrad"):
         return _conv_own_gradient(x, kernel, stride, pads, impl)
+    if impl == "onednn":
+        if onednn.supports(x, kernel, pads) and onednn.available():
+            return _conv_onednn(x, kernel, stride, pads)
+        return conv2d(x, kernel, stride, pads, _without_onednn(kernel.shape, stride, min(x.shape[1:3])))
     if impl == "im2col":
         return _conv_im2col(x, kernel, stride, pads)
     if impl == "output_shift":
@@ -143,7 +167,7 @@ def _own_gradient_backward(stride, pads, impl, residuals, dy):
 _conv_own_gradient.defvjp(_own_gradient_forward, _own_gradient_backward)
 
 
-def input_gradient_by_phases(dy, kernel, stride: int, pads, x_shape):
+def input_gradient_by_phases(dy, kernel, stride: int, pads, x_shape, conv=None):
     """d(conv(x, kernel, stride, pads))/dx applied to dy, without input dilation.
 
     In padded input coordinates u = s*q + r, per axis: dx_pad[u] = sum_a dy[q - a] W[s*a + r],
@@ -157,7 +181,7 @@ def input_gradient_by_phases(dy, kernel, stride: int, pads, x_shape):
     phases = padded.reshape(taps, stride, taps, stride, c, o)[::-1, :, ::-1]
     phases = phases.transpose(0, 2, 5, 1, 3, 4).reshape(taps, taps, o, stride * stride * c)
     edge = taps - 1
-    grad = _native(dy, phases, 1, ((edge, edge), (edge, edge)))
+    grad = (conv or _native)(dy, phases, 1, ((edge, edge), (edge, edge)))
     grad = depth_to_space(grad, stride)  # [N, s*(Ho+A-1), s*(Wo+A-1), C], padded input coordinates
     # Back to unpadded coordinates; negative padding crops, positive adds rows no output reached.
     (plh, _), (plw, _) = pads
@@ -174,12 +198,52 @@ def weight_gradient_swapped(x, dy, k: int, pads):
     out[o, i', j', c] = sum dypad[n, i'+u, j'+v, o] x[n, u, v, c], tap i = k-1-i'."""
     (top, bottom), (left, right) = pads
     edges = [(k - 1 - top, k - 1 - bottom), (k - 1 - left, k - 1 - right)]
-    # Negative edges (padding wider than the kernel) crop dy: those rows only met padding. They are
-    # cropped apart because XLA:CPU's convolution with negative padding reads garbage (jax 0.10.2).
-    dy = lax.pad(dy, jnp.zeros((), dy.dtype), [(0, 0, 0), *[(min(lo, 0), min(hi, 0), 0) for lo, hi in edges], (0, 0, 0)])
-    out = lax.conv_general_dilated(dy, x, (1, 1), [(max(lo, 0), max(hi, 0)) for lo, hi in edges],
-                                   dimension_numbers=("CHWN", "IHWO", "NHWC"))
+    dy, edges = _crop_negative_padding(dy, edges)
+    out = lax.conv_general_dilated(dy, x, (1, 1), edges, dimension_numbers=("CHWN", "IHWO", "NHWC"))
     return out[:, ::-1, ::-1, :].transpose(1, 2, 3, 0)
+
+
+# ----------------------------------------------------------------------------- onednn
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_onednn(x, kernel, stride, pads):
+    return onednn.conv(x, kernel, stride, pads)
+
+
+def _onednn_forward(x, kernel, stride, pads):
+    return onednn.conv(x, kernel, stride, pads), (x, kernel)
+
+
+def _onednn_backward(stride, pads, residuals, dy):
+    """oneDNN for the input gradient, a convolution of dy with the flipped kernel (by phases when
+    strided); XLA's weight gradient, or swap_wgrad's where that wins: oneDNN's forward
+    convolution cannot compute it (as a convolution its kernel would be the whole image)."""
+    x, kernel = residuals
+    k, _, c, o = kernel.shape
+    if stride == 1:
+        flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+        dy_cropped, back = _crop_negative_padding(dy, [(k - 1 - lo, k - 1 - hi) for lo, hi in pads])
+        dx = onednn.conv(dy_cropped, flipped, 1, back)
+    else:
+        dx = input_gradient_by_phases(dy, kernel, stride, pads, x.shape, conv=onednn.conv)
+    if _without_onednn(kernel.shape, stride, min(x.shape[1:3])) == "swap_wgrad":
+        dw = weight_gradient_swapped(x, dy, k, pads)
+    else:
+        dw = jax.vjp(lambda w: _native(x, w, stride, pads), kernel)[1](dy)[0]
+    return dx, dw
+
+
+_conv_onednn.defvjp(_onednn_forward, _onednn_backward)
+
+
+def _crop_negative_padding(dy, edges):
+    """Splits the spatial padding `edges` of a convolution over dy into a crop of dy (its negative
+    parts) and the padding left (>= 0). Negative edges come from a layer padded wider than its
+    kernel, whose border rows met only padding. They are cropped apart because XLA:CPU's
+    convolution with negative padding reads garbage (jax 0.10.2), and oneDNN's takes none."""
+    crops = [(min(lo, 0), min(hi, 0), 0) for lo, hi in edges]
+    cropped = lax.pad(dy, jnp.zeros((), dy.dtype), [(0, 0, 0), *crops, (0, 0, 0)])
+    return cropped, [(max(lo, 0), max(hi, 0)) for lo, hi in edges]
 
 
 # ----------------------------------------------------------------------------- im2col

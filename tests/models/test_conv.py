@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import SA_CONFIG, TINY_OVERRIDES
-from slot_jax import xla_cpu
+from slot_jax import onednn, xla_cpu
 from slot_jax.config_loader import config_from_args
 from slot_jax.models import conv as conv_lib
 from slot_jax.models.autoencoder import build_autoencoder
@@ -103,6 +103,85 @@ def test_swap_wgrad_matches_the_definition(kernel_size, padding):
     _check_against_reference("swap_wgrad", x, kernel, 1, padding)
 
 
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason=(
+    "XLA:CPU's oneDNN convolution is not usable in this jaxlib (its probe failed, or SLOT_JAX_ONEDNN=0)"))
+
+
+def _lowered(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).as_text()
+
+
+@needs_onednn
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3)), ((0, 1), (3, 0))])
+def test_onednn_matches_the_definition(kernel_size, stride, padding):
+    x = jax.random.normal(jax.random.PRNGKey(kernel_size), (2, 9, 8, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(stride), (kernel_size, kernel_size, 3, 5))
+    _check_against_reference("onednn", x, kernel, stride, padding)
+
+
+@needs_onednn
+@pytest.mark.parametrize("stride", [1, 2])
+def test_onednn_runs_the_forward_pass_and_the_input_gradient(stride):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 6, 2))
+    forward = _lowered(lambda x, w: conv2d(x, w, stride, "SAME", "onednn"), x, kernel)
+    assert forward.count(onednn.TARGET) == 1
+    input_grad = _lowered(jax.grad(lambda x, w: jnp.sum(conv2d(x, w, stride, "SAME", "onednn") ** 2)), x, kernel)
+    assert input_grad.count(onednn.TARGET) == 2  # forward, and the input gradient (by phases when strided)
+    native = _lowered(jax.grad(lambda x, w: jnp.sum(conv2d(x, w, stride, "SAME", "native") ** 2)), x, kernel)
+    assert onednn.TARGET not in native
+
+
+@needs_onednn
+def test_onednn_falls_back_where_it_cannot_run():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 6, 4))
+    half = (x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    assert onednn.TARGET not in _lowered(lambda x, w: conv2d(x, w, 1, "SAME", "onednn"), *half)
+    np.testing.assert_array_equal(conv2d(*half, 1, "SAME", "onednn"), conv2d(*half, 1, "SAME", "native"))
+    cropping = ((-1, 1), (1, -1))  # negative padding crops; oneDNN's padding cannot
+    assert onednn.TARGET not in _lowered(lambda x, w: conv2d(x, w, 1, cropping, "onednn"), x, kernel)
+    np.testing.assert_allclose(conv2d(x, kernel, 1, cropping, "onednn"), conv2d(x, kernel, 1, cropping, "native"),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_onednn_probe_reports_a_crashing_or_disagreeing_child():
+    crashed = onednn.probe("import os; os.abort()")
+    assert not crashed["ok"] and "exited with" in crashed["why"]
+    # The encoding of older XLA releases (1-based spatial axes, offset windows) read by this one:
+    # the probe must not pass it, whether oneDNN aborts or computes something else.
+    old_encoding = (
+        "import json, slot_jax.onednn as o\n"
+        "new = o.backend_config\n"
+        "def old(k, stride, pads):\n"
+        "    c = json.loads(new(k, stride + 1, tuple((a + 1, b + 1) for a, b in pads)))\n"
+        "    c['onednn_conv_config']['input']['data']['spatial_dims'] = [2, 3]\n"
+        "    return json.dumps(c)\n"
+        "o.backend_config = old\n"
+        "print(json.dumps(o._probe_in_this_process()))")
+    assert not onednn.probe(old_encoding)["ok"]
+
+
+def test_onednn_switch_and_cached_verdict(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(onednn, "probe", lambda: calls.append(1) or {"ok": False, "why": "test"})
+    try:
+        monkeypatch.setenv(onednn.SWITCH, "0")
+        onednn.available.cache_clear()
+        assert not onednn.available() and not calls
+        monkeypatch.setenv(onednn.SWITCH, "")
+        onednn.available.cache_clear()
+        assert not onednn.available() and calls == [1]
+        assert onednn._cache_file().exists()
+        onednn.available.cache_clear()
+        assert not onednn.available() and calls == [1]  # the cached verdict, no second probe
+    finally:
+        onednn.available.cache_clear()
+
+
 def test_phase_grad_is_the_native_convolution_at_stride_one():
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 3))
@@ -121,6 +200,7 @@ def test_output_shift_refuses_strides_and_unknown_impls_are_refused():
 
 def test_auto_rule_off_the_cpu_under_eigen_and_under_ynnpack(monkeypatch):
     monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(conv_lib, "onednn_by_default", lambda: False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")  # YNNPACK convolutions
     assert resolve_conv_impl("auto", 32, 128, 1) == "im2col"   # widening: sub-pixel upsampling
     assert resolve_conv_impl("auto", 3, 32, 2) == "im2col"     # RGB input
@@ -137,13 +217,18 @@ def test_auto_rule_off_the_cpu_under_eigen_and_under_ynnpack(monkeypatch):
     assert resolve_conv_impl("auto", 64, 64, 2, kernel_size=3, size=32) == "native"
     assert resolve_conv_impl("auto", 64, 64, 2, kernel_size=3, size=64) == "phase_grad"
     assert resolve_conv_impl("im2col", 32, 4, 1) == "im2col"    # an explicit choice is kept
+    monkeypatch.setattr(conv_lib, "onednn_by_default", lambda: True)
+    assert resolve_conv_impl("auto", 32, 4, 1) == "onednn"
+    assert resolve_conv_impl("auto", 3, 32, 2, kernel_size=5, size=64) == "onednn"
+    assert resolve_conv_impl("auto", 32, 4, 1, allow_onednn=False) == "swap_wgrad"
+    assert resolve_conv_impl("native", 32, 4, 1) == "native"
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "gpu")
     assert resolve_conv_impl("auto", 32, 4, 1) == "native"
     assert resolve_conv_impl("auto", 32, 32, 2, kernel_size=5, size=128) == "native"
 
 
-@pytest.mark.parametrize("impl", ["native", "im2col", "output_shift", "phase_grad", "swap_wgrad"])
+@pytest.mark.parametrize("impl", ["native", "im2col", "output_shift", "phase_grad", "swap_wgrad", "onednn"])
 def test_module_has_nn_conv_parameters_and_output(impl):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 5))
     reference = nn.Conv(3, (3, 3), padding="SAME")
@@ -163,13 +248,13 @@ def test_autoencoder_is_the_same_function_under_every_lowering():
     image = jax.random.uniform(jax.random.PRNGKey(0), (2, 64, 64, 3))
     rngs = {"params": jax.random.PRNGKey(1), "slots": jax.random.PRNGKey(2)}
     outputs = {}
-    for impl in ("native", "im2col", "phase_grad", "auto"):  # auto: phase_grad and swap_wgrad
+    for impl in ("native", "im2col", "phase_grad", "auto", "onednn"):  # auto: phase_grad and swap_wgrad
         config.model.conv_impl = impl
         model = build_autoencoder(config.model)
         params = model.init(rngs, image)
         loss = lambda p: jnp.mean((model.apply(p, image, rngs={"slots": rngs["slots"]})["recon"] - image) ** 2)
         outputs[impl] = (model.apply(params, image, rngs={"slots": rngs["slots"]})["recon"], jax.grad(loss)(params))
-    for impl in ("im2col", "phase_grad", "auto"):
+    for impl in ("im2col", "phase_grad", "auto", "onednn"):
         np.testing.assert_allclose(outputs[impl][0], outputs["native"][0], rtol=1e-5, atol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
                      outputs[impl][1], outputs["native"][1])

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from slot_jax import onednn
 from slot_jax.errors import UserError
 from slot_jax.models.unet import SlotUNet, TimeEmbedding, build_unet, sinusoidal_embedding
 
@@ -91,6 +92,21 @@ def test_gradients_are_finite_for_parameters_and_slots(tiny):
     grad_params, grad_slots = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, slots)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grad_params))
     assert bool(jnp.all(jnp.isfinite(grad_slots))) and float(jnp.abs(grad_slots).max()) > 0
+
+
+@pytest.mark.skipif(not onednn.available(), reason="XLA:CPU's oneDNN convolution is not usable in this jaxlib")
+def test_onednn_convolutions_compute_the_same_unet(tiny):
+    _, _, params, _ = tiny
+    x_t, t, slots = _inputs()
+    eps = jax.random.normal(jax.random.PRNGKey(5), x_t.shape)
+    results = {}
+    for impl in ("native", "onednn"):
+        model = SlotUNet(**TINY, conv_impl=impl)
+        loss = lambda p: jnp.mean(jnp.square(model.apply(p, x_t, t, slots) - eps))
+        results[impl] = jax.jit(jax.value_and_grad(loss))(params)
+    np.testing.assert_allclose(results["onednn"][0], results["native"][0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
+                 results["onednn"][1], results["native"][1])
 
 
 @pytest.mark.parametrize("dim", [8, 7, 32])

@@ -1,0 +1,135 @@
+"""oneDNN's convolution, called from inside XLA:CPU.
+
+jaxlib's XLA:CPU carries oneDNN and runs an HLO custom call named `__onednn$convolution` with
+oneDNN's forward convolution (on AVX-512 machines its brgemm kernels, the ones PyTorch's CPU
+convolutions use). Its own rewrite pass that would produce these calls is compiled out of the
+public wheels, so slot_jax emits the call itself through `jax.ffi.ffi_call`, with the layout and
+window given as XLA's `BackendConfig` in JSON.
+
+That config is an XLA internal whose encoding has changed between releases (older ones stored
+spatial dimensions 1-based and windows with offsets), and a config oneDNN cannot read aborts the
+process. So before first use a child process runs a few oneDNN convolutions against
+`lax.conv_general_dilated` (`probe`); only if they agree is the custom call used, and the verdict
+is cached per jaxlib build. SLOT_JAX_ONEDNN=0 turns it off, =1 skips the probe.
+"""
+import functools
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TARGET = "__onednn$convolution"
+SWITCH = "SLOT_JAX_ONEDNN"
+
+
+def _layout(batch: int, feature: int, spatial) -> dict:
+    return {"dims": 4, "data": {"batch_dim": batch, "feature_dim": feature, "spatial_dims": list(spatial)}}
+
+
+def backend_config(kernel_size: int, stride: int, pads) -> str:
+    """NHWC input and output, HWIO kernel; pads ((top, bottom), (left, right)), all >= 0."""
+    (top, bottom), (left, right) = pads
+    return json.dumps({"onednn_conv_config": {
+        "dims": 4,
+        "input": _layout(0, 3, (1, 2)),
+        "kernel": {"dims": 4, "filter": {"input_feature_dim": 2, "output_feature_dim": 3, "spatial_dims": [0, 1]}},
+        "output": _layout(0, 3, (1, 2)),
+        "window": {"size": [kernel_size, kernel_size], "pad_left": [top, left], "pad_right": [bottom, right],
+                   "strides": [stride, stride], "window_dilations": [1, 1]},
+        "feature_groups": 1}}, separators=(",", ":"))
+
+
+def conv(x, kernel, stride: int, pads):
+    """x [N, H, W, C] float32, kernel [k, k, C, O] -> [N, Ho, Wo, O], as lax.conv_general_dilated
+    with NHWC/HWIO/NHWC and explicit non-negative padding. Forward only: no autodiff rule."""
+    k = kernel.shape[0]
+    (top, bottom), (left, right) = pads
+    n, h, w, _ = x.shape
+    out_h = (h + top + bottom - k) // stride + 1
+    out_w = (w + left + right - k) // stride + 1
+    result = jax.ShapeDtypeStruct((n, out_h, out_w, kernel.shape[3]), x.dtype)
+    call = jax.ffi.ffi_call(TARGET, result, custom_call_api_version=1, vmap_method="sequential",
+                            legacy_backend_config=backend_config(k, stride, pads))
+    return call(x, kernel)
+
+
+def supports(x, kernel, pads) -> bool:
+    """Whether `conv` can compute this case: float32 on the CPU, non-negative padding."""
+    return (x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+            and min(min(p) for p in pads) >= 0 and jax.default_backend() == "cpu")
+
+
+# Cases for the probe: (N, H, W, C, O, k, stride, pads). Asymmetric sizes and padding, so that a
+# config read with the wrong axes or offsets cannot agree by symmetry.
+PROBE_CASES = ((2, 9, 7, 3, 5, 3, 1, ((1, 1), (1, 1))),
+               (3, 12, 10, 4, 6, 5, 2, ((1, 2), (2, 1))),
+               (1, 6, 8, 8, 2, 1, 1, ((0, 0), (0, 0))))
+
+
+def _probe_in_this_process() -> dict:
+    from jax import lax
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for n, h, w, c, o, k, stride, pads in PROBE_CASES:
+        x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+        kernel = jnp.asarray(rng.standard_normal((k, k, c, o)), jnp.float32)
+        got = jax.jit(functools.partial(conv, stride=stride, pads=pads))(x, kernel)
+        want = lax.conv_general_dilated(x, kernel, (stride, stride), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if got.shape != want.shape:
+            return {"ok": False, "why": f"shape {got.shape} != {want.shape}"}
+        worst = max(worst, float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))))
+    return {"ok": worst < 1e-5, "why": f"largest relative difference {worst:.1e}"}
+
+
+def _cache_file() -> pathlib.Path:
+    import jaxlib
+    build = f"{jaxlib.__version__} {jaxlib.__file__} {os.environ.get('XLA_FLAGS', '')} {sys.executable}"
+    digest = hashlib.sha256(build.encode()).hexdigest()[:16]
+    root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+    return root / "slot_jax" / f"onednn_probe_{digest}.json"
+
+
+PROBE_CODE = "import json, slot_jax.onednn as o; print(json.dumps(o._probe_in_this_process()))"
+
+
+def probe(code: str = PROBE_CODE) -> dict:
+    """Runs `_probe_in_this_process` in a child process (a config oneDNN cannot read aborts it)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **{SWITCH: "1"})
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return {"ok": False, "why": f"probe did not run: {error}"}
+    if done.returncode != 0:
+        return {"ok": False, "why": f"probe exited with {done.returncode}: {done.stderr.strip()[-200:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this process may call oneDNN's convolution (probed once per jaxlib build)."""
+    switch = os.environ.get(SWITCH, "")
+    if switch == "0" or jax.default_backend() != "cpu":
+        return False
+    if switch == "1":
+        return True
+    cache = _cache_file()
+    try:
+        return bool(json.loads(cache.read_text())["ok"])
+    except (OSError, ValueError, KeyError):
+        pass
+    verdict = probe()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(verdict))
+    except OSError:
+        pass  # a read-only home: probe again next time
+    return bool(verdict["ok"])

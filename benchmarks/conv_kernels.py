@@ -71,7 +71,19 @@ def _best(run, repeats: int) -> float:
     return best
 
 
-def jax_worker(repeats: int) -> dict:
+def phase_times(conv, x, w, repeats: int) -> dict:
+    """Seconds of the forward pass, the input gradient and the weight gradient, each jitted alone."""
+    import jax
+    forward = jax.jit(conv)
+    dy = jax.random.normal(jax.random.PRNGKey(2), forward(x, w).shape)
+    input_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
+    weight_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+    return {"forward": _best(lambda: jax.block_until_ready(forward(x, w)), repeats),
+            "input_grad": _best(lambda: jax.block_until_ready(input_grad(x, w, dy)), repeats),
+            "weight_grad": _best(lambda: jax.block_until_ready(weight_grad(x, w, dy)), repeats)}
+
+
+def jax_worker(repeats: int, phases: bool = False) -> dict:
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -80,7 +92,7 @@ def jax_worker(repeats: int) -> dict:
     from slot_jax.models.conv import conv2d, resolve_conv_impl
 
     eigen = xla_cpu.eigen_convolutions()
-    times, auto_times, auto_impls = {}, {}, {}
+    times, auto_times, auto_impls, phase = {}, {}, {}, {}
     for name, (batch, size, c_in, c_out, k, stride) in LAYERS.items():
         x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, c_in))
         w = 0.05 * jax.random.normal(jax.random.PRNGKey(1), (k, k, c_in, c_out))
@@ -99,7 +111,10 @@ def jax_worker(repeats: int) -> dict:
             auto_impls[name] = resolve_conv_impl("auto", c_in, c_out, stride, k, size)
             auto_grad = jax.jit(jax.grad(auto_loss, argnums=(0, 1)))
             auto_times[name] = _best(lambda: jax.block_until_ready(auto_grad(x, w)), repeats)
-    return {"times": times, "auto_times": auto_times, "auto_impls": auto_impls, "eigen": eigen}
+        if phases:
+            phase[name] = {impl: phase_times(lambda x, w: conv2d(x, w, stride, pads, impl), x, w, repeats)
+                           for impl in ("native", "auto")}
+    return {"times": times, "auto_times": auto_times, "auto_impls": auto_impls, "eigen": eigen, "phases": phase}
 
 
 def torch_worker(repeats: int, channels_last: bool) -> dict:
@@ -131,6 +146,8 @@ def main(argv=None) -> int:
     parser.add_argument("--impl", default="jax/eigen", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--phases", action="store_true",
+                        help="also time forward, input gradient and weight gradient alone, native and auto (jax/eigen)")
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help=f"comma-separated subset of {', '.join(IMPLS)}; jax/eigen is always run")
     args = parser.parse_args(argv)
@@ -138,7 +155,7 @@ def main(argv=None) -> int:
         if args.impl.startswith("torch"):
             result = torch_worker(args.repeats, channels_last=args.impl == "torch/channels_last")
         else:
-            result = jax_worker(args.repeats)
+            result = jax_worker(args.repeats, args.phases)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     impls = [impl for impl in IMPLS if impl in {*args.impls.split(","), "jax/eigen"}]
@@ -147,17 +164,21 @@ def main(argv=None) -> int:
         parser.error(f"unknown --impls {', '.join(sorted(unknown))}: choose from {', '.join(IMPLS)}")
 
     best = {impl: {} for impl in (*impls, AUTO)}
-    auto_impls = {}
+    auto_impls, phases = {}, {}
     for round_index in range(args.rounds):
         for impl in impls if round_index % 2 == 0 else impls[::-1]:
             print(f"  {impl} (round {round_index + 1})", flush=True)
             variant = "+ynn" if impl == "jax/ynn" else ""
-            result = run_worker("--impl", impl, "--repeats", str(args.repeats), script=__file__,
-                                env=worker_env(variant))
+            result = run_worker("--impl", impl, "--repeats", str(args.repeats),
+                                *(["--phases"] if args.phases and impl == "jax/eigen" else []),
+                                script=__file__, env=worker_env(variant))
             if impl.startswith("jax") and result["eigen"] != (impl == "jax/eigen"):
                 raise RuntimeError(f"{impl} worker ran with the wrong convolutions (eigen={result['eigen']})")
             for name, seconds in result["times"].items():
                 best[impl][name] = min(best[impl].get(name, float("inf")), seconds)
+            for name, by_impl in result.get("phases", {}).items():
+                for key, seconds in ((f"{i}/{p}", t) for i, ts in by_impl.items() for p, t in ts.items()):
+                    phases.setdefault(name, {})[key] = min(phases.get(name, {}).get(key, float("inf")), seconds)
             for name, seconds in result.get("auto_times", {}).items():
                 best[AUTO][name] = min(best[AUTO].get(name, float("inf")), seconds)
                 auto_impls[name] = result["auto_impls"][name]
@@ -188,6 +209,12 @@ def main(argv=None) -> int:
         rows.append({"layer": name, "shape": shape, **{IMPL_KEYS[impl]: t for impl, t in seconds.items()}})
         print(f"{name:40} {f'{batch}x{size}x{size} {c_in}->{c_out} k{k} s{stride}':28} "
               + " ".join(f"{seconds[i]:>12.3f}" for i in torch_impls))
+    if phases:
+        keys = [f"{i}/{p}" for i in ("native", "auto") for p in ("forward", "input_grad", "weight_grad")]
+        print("\nalone, ms (jax/eigen worker): " + ", ".join(keys))
+        for name, row in zip(LAYERS, rows):
+            row["phases_s"] = phases[name]
+            print(f"{name:40} " + " ".join(f"{1e3 * phases[name][key]:>8.1f}" for key in keys))
     append_result(RESULTS, machine=machine(), rounds=args.rounds, repeats=args.repeats, rows=rows)
     return 0
 

@@ -46,7 +46,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.decoder.output_kernel_size = 3
     c.model.decoder.upsample = "auto"  # stride>1 layers: "transpose" (XLA native), "subpixel", or per backend
     # Convolution lowering: "native" (XLA), "im2col", "output_shift", "phase_grad", "swap_wgrad",
-    # or "auto" (per backend and layer; slot_jax/models/conv.py).
+    # "onednn", or "auto" (per backend and layer; slot_jax/models/conv.py).
     c.model.conv_impl = "auto"
     # Compute dtype of the encoder's and decoder's convolutions: "float32" or "bfloat16" (for GPUs
     # and TPUs, whose matrix units run bf16 faster; 7-18% slower on our 2-core CPU). Parameters,

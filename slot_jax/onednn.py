@@ -106,8 +106,8 @@ def probe(code: str = PROBE_CODE) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
     try:
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return {"ok": False, "why": f"probe did not run: {error}"}
+    except (OSError, subprocess.TimeoutExpired) as error:  # e.g. a busy machine: try again next time
+        return {"ok": False, "why": f"probe did not run: {error}", "transient": True}
     if done.returncode != 0:
         return {"ok": False, "why": f"probe exited with {done.returncode}: {done.stderr.strip()[-200:]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -121,15 +121,20 @@ def available() -> bool:
         return False
     if switch == "1":
         return True
-    cache = _cache_file()
     try:
-        return bool(json.loads(cache.read_text())["ok"])
-    except (OSError, ValueError, KeyError):
-        pass
+        cache = _cache_file()
+    except RuntimeError:  # no home directory to cache in
+        cache = None
+    if cache is not None:
+        try:
+            return bool(json.loads(cache.read_text())["ok"])
+        except (OSError, ValueError, KeyError):  # not probed yet, or unreadable
+            pass
     verdict = probe()
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(verdict))
-    except OSError:
-        pass  # a read-only home: probe again next time
+    if cache is not None and not verdict.get("transient"):
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(verdict))
+        except OSError:
+            pass  # a read-only home: probe again next time
     return bool(verdict["ok"])

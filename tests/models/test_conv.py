@@ -182,6 +182,20 @@ def test_onednn_switch_and_cached_verdict(monkeypatch, tmp_path):
         onednn.available.cache_clear()
 
 
+def test_onednn_probe_that_did_not_run_is_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv(onednn.SWITCH, "")
+    calls = []
+    monkeypatch.setattr(onednn, "probe", lambda: calls.append(1) or {"ok": False, "why": "busy", "transient": True})
+    try:
+        for expected_calls in (1, 2):
+            onednn.available.cache_clear()
+            assert not onednn.available() and len(calls) == expected_calls
+        assert not onednn._cache_file().exists()
+    finally:
+        onednn.available.cache_clear()
+
+
 def test_phase_grad_is_the_native_convolution_at_stride_one():
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 3))

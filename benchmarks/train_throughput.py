@@ -268,6 +268,9 @@ def machine() -> dict:
             "jaxlib": __import__("jaxlib").__version__}
     if os.environ.get("GLIBC_TUNABLES"):  # e.g. glibc.malloc.hugetlb=1, which changes the timings
         info["glibc_tunables"] = os.environ["GLIBC_TUNABLES"]
+    if jax.default_backend() == "cpu":  # whether conv_impl=auto can call oneDNN here (+no_onednn runs turn it off)
+        from slot_jax import onednn
+        info["onednn_usable"] = onednn.available()
     try:
         import torch
         info["torch"] = torch.__version__

@@ -23,29 +23,60 @@ from train_throughput import append_result, machine  # noqa: E402
 RESULTS = HERE / "results" / "unet_attention.jsonl"
 
 
-def compiled_steps(unet: str, batch: int) -> tuple:
-    import flax.linen as nn
-    import jax
+def step_inputs(unet: str, batch: int) -> tuple:
+    """The config of UNet variant `unet`, its noise schedule and random (x0, slots) of `batch`."""
     import jax.numpy as jnp
 
-    from slot_jax.models import attention, unet as unet_module
     from slot_jax.models.diffusion import make_schedule
-    from slot_jax.training.state import state_from_params
 
     config = ds.diffusion_config(unet, "auto")
     d = config.diffusion
-    x0, slots = map(jnp.asarray, ds._random_inputs(config, batch))
     schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
+    return config, schedule, tuple(map(jnp.asarray, ds._random_inputs(config, batch)))
+
+
+def compile_step(config, schedule, inputs) -> tuple:
+    """The UNet's train step as it is traced now, compiled ahead of time, and its initial state."""
+    import jax
+    import jax.numpy as jnp
+
+    from slot_jax.models import unet as unet_module
+    from slot_jax.training.state import state_from_params
+
+    x0, slots = inputs
+    model, optimizer = unet_module.build_unet(config.model.unet), ds._optimizer(config)
+    params = ds.host_params(model, x0[:1], jnp.zeros((1,), jnp.int32), slots[:1])
+    state = state_from_params(params, optimizer, jax.random.PRNGKey(0))
+    step = jax.jit(functools.partial(ds.unet_train_step, model=model, schedule=schedule, optimizer=optimizer))
+    return step.lower(state, *inputs).compile(), state
+
+
+def alternate(steps: dict, inputs, rounds: int) -> dict:
+    """Seconds of each {label: (compiled step, state)}, run in turn `rounds` times; the first is a warm-up."""
+    import jax
+
+    times = {label: [] for label in steps}
+    for round_index in range(rounds):
+        for label, (step, state) in steps.items():
+            start = time.perf_counter()
+            jax.block_until_ready(step(state, *inputs)[1]["loss"])
+            if round_index:
+                times[label].append(time.perf_counter() - start)
+    return times
+
+
+def compiled_steps(unet: str, batch: int) -> tuple:
+    import flax.linen as nn
+
+    from slot_jax.models import attention, unet as unet_module
+
+    config, schedule, inputs = step_inputs(unet, batch)
     steps = {}
     for label, attention_fn in (("flax", nn.dot_product_attention), ("slot_jax", attention.dot_product_attention)):
         unet_module.dot_product_attention = attention_fn  # looked up while the UNet is traced
-        model, optimizer = unet_module.build_unet(config.model.unet), ds._optimizer(config)
-        params = ds.host_params(model, x0[:1], jnp.zeros((1,), jnp.int32), slots[:1])
-        state = state_from_params(params, optimizer, jax.random.PRNGKey(0))
-        step = jax.jit(functools.partial(ds.unet_train_step, model=model, schedule=schedule, optimizer=optimizer))
-        steps[label] = (step.lower(state, x0, slots).compile(), state)
+        steps[label] = compile_step(config, schedule, inputs)
     unet_module.dot_product_attention = attention.dot_product_attention
-    return steps, (x0, slots)
+    return steps, inputs
 
 
 def main(argv=None) -> int:
@@ -54,19 +85,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="8,32")
     parser.add_argument("--rounds", type=int, default=12, help="alternating steps of each; the first is a warm-up")
     args = parser.parse_args(argv)
-    import jax
 
     rows = []
     for batch in map(int, args.batches.split(",")):
         steps, inputs = compiled_steps(args.unet, batch)
         losses = {label: float(step(state, *inputs)[1]["loss"]) for label, (step, state) in steps.items()}
-        times = {label: [] for label in steps}
-        for round_index in range(args.rounds):
-            for label, (step, state) in steps.items():
-                start = time.perf_counter()
-                jax.block_until_ready(step(state, *inputs)[1]["loss"])
-                if round_index:
-                    times[label].append(time.perf_counter() - start)
+        times = alternate(steps, inputs, args.rounds)
         base = statistics.median(times["flax"])
         for label, seconds in times.items():
             rows.append({"unet": args.unet, "batch": batch, "attention": label, "median_s": statistics.median(seconds),

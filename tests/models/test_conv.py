@@ -112,7 +112,7 @@ def _lowered(fn, *args) -> str:
 
 
 @needs_onednn
-@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 5])
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3)), ((0, 1), (3, 0))])
 def test_onednn_matches_the_definition(kernel_size, stride, padding):

@@ -177,8 +177,9 @@ def main(argv=None) -> int:
             for name, seconds in result["times"].items():
                 best[impl][name] = min(best[impl].get(name, float("inf")), seconds)
             for name, by_impl in result.get("phases", {}).items():
+                layer = phases.setdefault(name, {})
                 for key, seconds in ((f"{i}/{p}", t) for i, ts in by_impl.items() for p, t in ts.items()):
-                    phases.setdefault(name, {})[key] = min(phases.get(name, {}).get(key, float("inf")), seconds)
+                    layer[key] = min(layer.get(key, float("inf")), seconds)
             for name, seconds in result.get("auto_times", {}).items():
                 best[AUTO][name] = min(best[AUTO].get(name, float("inf")), seconds)
                 auto_impls[name] = result["auto_impls"][name]

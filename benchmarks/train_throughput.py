@@ -39,7 +39,10 @@ NO_ONEDNN_SUFFIX = "+no_onednn"  # SLOT_JAX_ONEDNN=0: "auto" as it was before sl
 
 
 def strip_suffixes(jax_variant: str) -> str:
-    return jax_variant.removesuffix(NO_ONEDNN_SUFFIX).removesuffix(YNN_SUFFIX).removesuffix(NO_ONEDNN_SUFFIX)
+    """The variant without its environment suffixes, which may come in either order."""
+    for suffix in (YNN_SUFFIX, NO_ONEDNN_SUFFIX):
+        jax_variant = jax_variant.replace(suffix, "")
+    return jax_variant
 
 # name -> (config variant, overrides): the two models of issue #3's table.
 MODELS = {

@@ -134,6 +134,50 @@ def test_onednn_runs_the_forward_pass_and_the_input_gradient(stride):
     assert onednn.TARGET not in native
 
 
+def test_weight_gradient_chunk_rule(monkeypatch):
+    monkeypatch.setattr(conv_lib, "WGRAD_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(conv_lib, "WGRAD_MIN_CHUNK", 8)
+    assert conv_lib.weight_gradient_chunk(100, 10) == 100   # a chunk of 100 images is the batch
+    assert conv_lib.weight_gradient_chunk(250, 10) == 100
+    assert conv_lib.weight_gradient_chunk(250, 50) == 20
+    assert conv_lib.weight_gradient_chunk(250, 10**6) == 8  # never fewer than WGRAD_MIN_CHUNK images
+    assert conv_lib.weight_gradient_chunk(15, 10**6) == 15  # one chunk of 8 would leave 7: keep it whole
+
+
+@pytest.mark.parametrize("swapped, stride", [(False, 1), (False, 2), (True, 1)])  # swap_wgrad: stride 1
+@pytest.mark.parametrize("padding", ["SAME", ((2, 0), (1, 3))])
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_weight_gradient_by_chunks_matches_the_definition(swapped, stride, padding, chunk):
+    x = jax.random.normal(jax.random.PRNGKey(chunk), (5, 9, 8, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(stride), (3, 3, 3, 4))
+    y = conv2d(x, kernel, stride, padding, "native")
+    cotangent = jax.random.normal(jax.random.PRNGKey(9), y.shape)
+    _, _, expected = _reference(x, kernel, stride, padding, cotangent)
+    pads = conv_lib._paddings(x.shape, 3, stride, padding)
+    dw = jax.jit(lambda x, g: conv_lib.weight_gradient_by_chunks(x, g, kernel, stride, pads, chunk, swapped))(
+        x, cotangent)
+    np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("c_out", [5, 1])  # XLA's weight gradient, and swap_wgrad's (4 * c_out <= c_in)
+def test_onednn_chunks_its_weight_gradient_over_the_batch(monkeypatch, c_out):
+    x = jax.random.normal(jax.random.PRNGKey(0), (7, 9, 8, 4))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, c_out))
+
+    def gradients():  # a new function each time, so that jit traces it again
+        return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, 1, "SAME", "onednn"))), argnums=(0, 1))
+
+    whole = gradients()(x, kernel)
+    assert _lowered(gradients(), x, kernel).count("stablehlo.convolution") == 1
+    monkeypatch.setattr(conv_lib, "WGRAD_MIN_CHUNK", 3)
+    monkeypatch.setattr(conv_lib, "WGRAD_CHUNK_BYTES", 1)
+    assert _lowered(gradients(), x, kernel).count("stablehlo.convolution") == 3  # images 0-2, 3-5 and 6
+    chunked = gradients()(x, kernel)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-5, atol=1e-5)
+
+
 @needs_onednn
 def test_onednn_falls_back_where_it_cannot_run():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))

@@ -1,0 +1,97 @@
+"""Weight gradients in batch chunks against whole-batch ones (slot_jax/models/conv.py,
+`weight_gradient_chunk`): the Slot Attention and UNet train steps compiled both ways in one
+process and timed in alternating steps, so both see the same machine noise.
+
+    python benchmarks/wgrad_chunks.py [--models small64,report128] [--unets quick,report]
+                                      [--batches 32,8] [--rounds 8]
+
+Prints the median and minimum step time of each and appends them to
+benchmarks/results/wgrad_chunks.jsonl. Chunks apply where the step runs oneDNN's convolutions
+(a one-device CPU); elsewhere both variants compile the same step.
+"""
+import argparse
+import functools
+import pathlib
+import statistics
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from train_throughput import append_result, image_size, machine, model_config  # noqa: E402
+from unet_attention import alternate, compile_step, step_inputs  # noqa: E402
+
+RESULTS = HERE / "results" / "wgrad_chunks.jsonl"
+
+
+def compile_sa_step(model_name: str, batch: int) -> tuple:
+    """The Slot Attention autoencoder's train step as it is traced now, compiled, its state and batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from slot_jax.models.autoencoder import build_autoencoder
+    from slot_jax.training.optimizer import build_optimizer
+    from slot_jax.training.state import create_train_state
+    from slot_jax.training.step import train_step
+
+    config = model_config(model_name)
+    config.train.schedule, config.train.learning_rate = "constant", 4e-4
+    size = image_size(config)
+    model, optimizer = build_autoencoder(config.model), build_optimizer(config.train)
+    state = jax.jit(functools.partial(create_train_state, model, optimizer, (1, *size, 3)))(jax.random.PRNGKey(0))
+    images = np.random.default_rng(0).integers(0, 256, (batch, *size, 3), dtype=np.uint8)
+    inputs = ({"image": jnp.asarray(images)},)
+    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer))
+    return step.lower(state, *inputs).compile(), state, inputs
+
+
+def compiled_variants(kind: str, name: str, batch: int) -> tuple:
+    """{"whole": ..., "chunks": ...} compiled steps; the chunk size is read while tracing."""
+    from slot_jax.models import conv
+
+    default, steps = conv.WGRAD_CHUNK_BYTES, {}
+    if kind == "unet":
+        config, schedule, inputs = step_inputs(name, batch)
+    try:
+        for label, chunk_bytes in (("whole", 1 << 62), ("chunks", default)):
+            conv.WGRAD_CHUNK_BYTES = chunk_bytes
+            if kind == "unet":
+                steps[label] = compile_step(config, schedule, inputs)
+            else:
+                step, state, inputs = compile_sa_step(name, batch)
+                steps[label] = (step, state)
+    finally:
+        conv.WGRAD_CHUNK_BYTES = default
+    return steps, inputs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="small64,report128", help="Slot Attention models ('' for none)")
+    parser.add_argument("--unets", default="quick,report", help="UNets ('' for none)")
+    parser.add_argument("--batches", default="32,8")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating steps of each; the first is a warm-up")
+    args = parser.parse_args(argv)
+
+    jobs = [("autoencoder", m) for m in filter(None, args.models.split(","))]
+    jobs += [("unet", u) for u in filter(None, args.unets.split(","))]
+    rows = []
+    for kind, name in jobs:
+        for batch in map(int, args.batches.split(",")):
+            steps, inputs = compiled_variants(kind, name, batch)
+            times = alternate(steps, inputs, args.rounds)
+            base = statistics.median(times["whole"])
+            for label, seconds in times.items():
+                rows.append({"step": kind, "model": name, "batch": batch, "weight_gradient": label,
+                             "median_s": statistics.median(seconds), "min_s": min(seconds),
+                             "speedup_vs_whole": base / statistics.median(seconds), "steps_timed": len(seconds)})
+                r = rows[-1]
+                print(f"{kind:11} {name:9} {batch:>5} {label:7} median {r['median_s']:8.3f} s  min {r['min_s']:8.3f} s"
+                      f"  {r['speedup_vs_whole']:5.2f}x whole", flush=True)
+    append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,7 @@ and the activations regrouped in whole channel vectors. It wins when C_out << C_
 A fifth, `onednn`, runs the forward pass and the input gradient with oneDNN's convolution, which
 jaxlib's XLA:CPU carries (slot_jax/onednn.py), and keeps XLA's weight gradient (or swap_wgrad's):
 oneDNN's forward convolution cannot compute that one. It computes that gradient over chunks of
-the batch that fit in the cache (`weight_gradient_chunk`). It falls back to the choice below where
+the batch that fit in the cache (`batch_chunk`). It falls back to the choice below where
 oneDNN cannot run (not float32, negative padding, not the CPU, or its probe failed).
 
 'auto' keeps XLA's native convolution off the CPU (GPU and TPU convolutions are fast). On a
@@ -228,28 +228,46 @@ def _onednn_backward(stride, pads, residuals, dy):
     else:
         dx = input_gradient_by_phases(dy, kernel, stride, pads, x.shape, conv=onednn.conv)
     swapped = _without_onednn(kernel.shape, stride, min(x.shape[1:3])) == "swap_wgrad"
-    chunk = weight_gradient_chunk(x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
+    # XLA computes a weight gradient as a convolution with the images innermost, so it first
+    # transposes the layer's input and output gradient: strided copies of its largest tensors. In
+    # chunks, each copy is still in cache when the convolution reads it (1.03-1.15x faster
+    # Slot Attention steps, benchmarks/wgrad_chunks.py).
+    chunk = batch_chunk(x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
     return dx, weight_gradient_by_chunks(x, dy, kernel, stride, pads, chunk, swapped)
 
 
-# Sizes of the batch chunks for XLA's weight gradient, measured on a 2-core x86 CPU with a 32 MB
-# L3 (see weight_gradient_chunk).
-WGRAD_CHUNK_BYTES = 8 << 20
-WGRAD_MIN_CHUNK = 8
+# Batch chunks that stay in cache, measured on a 2-core x86 CPU with a 32 MB L3 (see batch_chunk).
+CHUNK_BYTES = 8 << 20
+MIN_CHUNK, MAX_CHUNK = 8, 16
 
 
-def weight_gradient_chunk(batch: int, image_bytes: int) -> int:
-    """Images per chunk of the weight gradient: about WGRAD_CHUNK_BYTES of activations plus output
-    gradient, at least WGRAD_MIN_CHUNK images, or the whole batch when that leaves one chunk.
+def batch_chunk(batch: int, image_bytes: int) -> int:
+    """Images per chunk when a batch is processed chunk by chunk to stay in cache: about
+    CHUNK_BYTES of tensors per chunk, MIN_CHUNK to MAX_CHUNK images, the chunks as even as one
+    size allows (the last may be smaller); the whole batch when that would leave one chunk.
+    Chunks of fewer than 8 images made Eigen's weight-gradient convolution itself slower (a
+    64x64, 32->4 layer: 5x at one image per chunk), and a UNet step 1.07-1.2x slower."""
+    chunk = min(max(MIN_CHUNK, CHUNK_BYTES // max(image_bytes, 1)), MAX_CHUNK)
+    if 2 * chunk > batch:
+        return batch
+    count = -(-batch // chunk)
+    return -(-batch // count)
 
-    XLA computes a weight gradient as a convolution with the images innermost, so it first
-    transposes the layer's input and output gradient to that layout: two strided copies through
-    memory of the layer's largest tensors. Chunk by chunk, each copy is still in cache when its
-    convolution reads it. On the Slot Attention train step this made the whole step 1.06-1.18x
-    faster (benchmarks/wgrad_chunks.py). Chunks of fewer than 8 images made Eigen's convolution
-    itself slower (a 64x64, 32->4 layer: 5x slower at one image per chunk)."""
-    chunk = max(WGRAD_MIN_CHUNK, WGRAD_CHUNK_BYTES // max(image_bytes, 1))
-    return batch if 2 * chunk > batch else chunk
+
+def chunks_pay() -> bool:
+    """Whether to process batches in cache-sized chunks: on a one-device CPU, where each XLA op
+    streams its whole tensors through memory. Elsewhere the batch is split over devices, or the
+    device is a GPU or TPU that wants large ops."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def in_batch_chunks(fn, chunk: int, *arrays):
+    """fn(*arrays) for functions of each example alone, computed over batch chunks of `chunk`
+    examples and concatenated."""
+    batch = arrays[0].shape[0]
+    if chunk >= batch:
+        return fn(*arrays)
+    return jnp.concatenate([fn(*(a[start:start + chunk] for a in arrays)) for start in range(0, batch, chunk)])
 
 
 def weight_gradient_by_chunks(x, dy, kernel, stride: int, pads, chunk: int, swapped: bool = False):

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from slot_jax.models.conv import Conv
+from slot_jax.models.conv import Conv, batch_chunk, chunks_pay, in_batch_chunks
 from slot_jax.models.layers import SoftPositionEmbed
 from slot_jax.models.upsample import SubpixelConvTranspose
 
@@ -39,12 +39,27 @@ class SpatialBroadcastDecoder(nn.Module):
     upsample: str = "auto"  # see UPSAMPLE_IMPLS; all compute the same function with the same params
     conv_impl: str = "auto"  # lowering of every convolution, see slot_jax.models.conv.CONV_IMPLS
     dtype: Any = jnp.float32  # compute dtype of the convolutions; parameters stay float32
+    # Canvases per chunk in which the convolutions run; 0: cache-sized chunks on a one-device CPU
+    # (conv.batch_chunk), the whole batch elsewhere. Any choice computes the same function.
+    batch_chunk: int = 0
 
     def output_size(self) -> tuple[int, int]:
         scale = 1
         for stride in self.strides:
             scale *= stride
         return (self.broadcast_size[0] * scale, self.broadcast_size[1] * scale)
+
+    def _chunk(self, canvases: int) -> int:
+        """Every canvas is painted alone, so chunks change no result. In chunks of about 8 MB of
+        the widest layer's activations, a layer's output is still in cache when the next pass
+        reads it: 1.05-1.11x faster Slot Attention steps on a 2-core CPU (README)."""
+        if self.batch_chunk:
+            return self.batch_chunk
+        if not chunks_pay():
+            return canvases
+        height, width = self.output_size()
+        widest = max((*self.channels, 4)) * jnp.dtype(self.dtype).itemsize
+        return batch_chunk(canvases, height * width * widest)
 
     @nn.compact
     def __call__(self, slots: jnp.ndarray) -> dict:
@@ -56,17 +71,24 @@ class SpatialBroadcastDecoder(nn.Module):
         upsample = {"transpose": functools.partial(nn.ConvTranspose, dtype=self.dtype),
                     "subpixel": functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl, dtype=self.dtype),
                     }[resolve_upsample(self.upsample)]
-        layers = zip(self.channels, self.kernel_sizes, self.strides, strict=True)
-        for i, (features, kernel, stride) in enumerate(layers):
+        layers = []
+        shapes = zip(self.channels, self.kernel_sizes, self.strides, strict=True)
+        for i, (features, kernel, stride) in enumerate(shapes):
             if stride == 1:
-                x = Conv(features, (kernel, kernel), padding="SAME", impl=self.conv_impl, dtype=self.dtype,
-                         name=f"conv_{i}")(x)
+                layers.append(Conv(features, (kernel, kernel), padding="SAME", impl=self.conv_impl, dtype=self.dtype,
+                                   name=f"conv_{i}"))
             else:  # named alike whatever the implementation, so checkpoints move between backends
-                x = upsample(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                             name=f"conv_{i}")(x)
-            x = nn.relu(x)
-        kernel = self.output_kernel_size
-        x = Conv(4, (kernel, kernel), padding="SAME", impl=self.conv_impl, dtype=self.dtype, name="output")(x)
+                layers.append(upsample(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                                       name=f"conv_{i}"))
+        k = self.output_kernel_size
+        output = Conv(4, (k, k), padding="SAME", impl=self.conv_impl, dtype=self.dtype, name="output")
+
+        def paint(x):
+            for layer in layers:
+                x = nn.relu(layer(x))
+            return output(x)
+
+        x = in_batch_chunks(paint, self._chunk(x.shape[0]), x)
         x = x.astype(jnp.float32).reshape(batch, num_slots, *x.shape[1:])
         slot_images, mask_logits = x[..., :3], x[..., 3:]
         masks = jax.nn.softmax(mask_logits, axis=1)

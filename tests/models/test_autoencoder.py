@@ -39,6 +39,44 @@ def test_decoder_outputs_masks_that_sum_to_one_and_mix_the_slot_images(broadcast
     np.testing.assert_allclose(out["recon"], (out["masks"] * out["slot_images"]).sum(axis=1), atol=1e-5)
 
 
+def _small_decoder(**fields):
+    return SpatialBroadcastDecoder(broadcast_size=(4, 4), channels=(6, 5), kernel_sizes=(3, 5), strides=(2, 1),
+                                   **fields)
+
+
+def test_decoder_in_batch_chunks_is_the_same_function():
+    slots = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 8))  # 8 canvases: chunks of 3, 3 and 2
+    params = _small_decoder().init(jax.random.PRNGKey(1), slots)
+
+    def loss(params, decoder):
+        out = decoder.apply(params, slots)
+        return jnp.sum(out["recon"] ** 2) + jnp.sum(out["masks"] * out["slot_images"][..., :1])
+
+    whole, chunked = _small_decoder(batch_chunk=10**6), _small_decoder(batch_chunk=3)
+    convolutions = [jax.jit(lambda p, d=d: d.apply(p, slots)["recon"]).lower(params).as_text().count(
+        "stablehlo.convolution") for d in (whole, chunked)]
+    assert convolutions[1] == 3 * convolutions[0] > 0
+    for key in ("recon", "slot_images", "masks"):
+        np.testing.assert_allclose(chunked.apply(params, slots)[key], whole.apply(params, slots)[key],
+                                   rtol=1e-6, atol=1e-6)
+    expected, got = (jax.grad(loss)(params, d) for d in (whole, chunked))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_chunks_by_cache_size_only_where_they_pay(monkeypatch):
+    from slot_jax.models import decoder as decoder_module
+
+    shape = dict(broadcast_size=(8, 8), channels=(32, 32, 32), strides=(2, 2, 2), kernel_sizes=(5, 5, 5))
+    decoder = SpatialBroadcastDecoder(**shape)
+    monkeypatch.setattr(decoder_module, "chunks_pay", lambda: True)
+    assert decoder._chunk(224) == 16  # 64 x 64 x 32 floats a canvas: 16 of them in 8 MB
+    assert decoder._chunk(20) == 20  # 16 would leave a chunk of 4
+    assert SpatialBroadcastDecoder(**shape, batch_chunk=5)._chunk(224) == 5
+    monkeypatch.setattr(decoder_module, "chunks_pay", lambda: False)  # GPU, TPU, several devices
+    assert decoder._chunk(224) == 224
+
+
 def test_autoencoder_returns_named_outputs_and_a_per_example_loss():
     config = load_config(f"{SA_CONFIG}:quick")
     model = build_autoencoder(config.model)

@@ -134,14 +134,26 @@ def test_onednn_runs_the_forward_pass_and_the_input_gradient(stride):
     assert onednn.TARGET not in native
 
 
-def test_weight_gradient_chunk_rule(monkeypatch):
-    monkeypatch.setattr(conv_lib, "WGRAD_CHUNK_BYTES", 1000)
-    monkeypatch.setattr(conv_lib, "WGRAD_MIN_CHUNK", 8)
-    assert conv_lib.weight_gradient_chunk(100, 10) == 100   # a chunk of 100 images is the batch
-    assert conv_lib.weight_gradient_chunk(250, 10) == 100
-    assert conv_lib.weight_gradient_chunk(250, 50) == 20
-    assert conv_lib.weight_gradient_chunk(250, 10**6) == 8  # never fewer than WGRAD_MIN_CHUNK images
-    assert conv_lib.weight_gradient_chunk(15, 10**6) == 15  # one chunk of 8 would leave 7: keep it whole
+def test_batch_chunk_rule(monkeypatch):
+    monkeypatch.setattr(conv_lib, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(conv_lib, "MIN_CHUNK", 8)
+    monkeypatch.setattr(conv_lib, "MAX_CHUNK", 1000)
+    assert conv_lib.batch_chunk(100, 10) == 100   # a chunk of 100 images is the batch
+    assert conv_lib.batch_chunk(200, 10) == 100
+    assert conv_lib.batch_chunk(250, 10) == 84    # three chunks, as even as they can be: 84, 84, 82
+    assert conv_lib.batch_chunk(240, 50) == 20
+    assert conv_lib.batch_chunk(250, 10**6) == 8  # never fewer than MIN_CHUNK images
+    assert conv_lib.batch_chunk(15, 10**6) == 15  # one chunk of 8 would leave 7: keep it whole
+    monkeypatch.setattr(conv_lib, "MAX_CHUNK", 16)
+    assert conv_lib.batch_chunk(250, 10) == 16    # never more than MAX_CHUNK images
+
+
+def test_in_batch_chunks_is_the_function_of_the_whole_batch():
+    x = jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+    fn = lambda x: jnp.tanh(x) * jnp.sum(x, axis=1, keepdims=True)  # noqa: E731 (per-row)
+    for chunk in (1, 3, 7, 9):
+        np.testing.assert_array_equal(conv_lib.in_batch_chunks(fn, chunk, x), fn(x))
+    assert jax.make_jaxpr(lambda x: conv_lib.in_batch_chunks(fn, 3, x))(x).eqns[-1].primitive.name == "concatenate"
 
 
 @pytest.mark.parametrize("swapped, stride", [(False, 1), (False, 2), (True, 1)])  # swap_wgrad: stride 1
@@ -170,8 +182,8 @@ def test_onednn_chunks_its_weight_gradient_over_the_batch(monkeypatch, c_out):
 
     whole = gradients()(x, kernel)
     assert _lowered(gradients(), x, kernel).count("stablehlo.convolution") == 1
-    monkeypatch.setattr(conv_lib, "WGRAD_MIN_CHUNK", 3)
-    monkeypatch.setattr(conv_lib, "WGRAD_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv_lib, "MIN_CHUNK", 3)
+    monkeypatch.setattr(conv_lib, "CHUNK_BYTES", 1)
     assert _lowered(gradients(), x, kernel).count("stablehlo.convolution") == 3  # images 0-2, 3-5 and 6
     chunked = gradients()(x, kernel)
     np.testing.assert_array_equal(chunked[0], whole[0])

@@ -1,13 +1,17 @@
-"""Weight gradients in batch chunks against whole-batch ones (slot_jax/models/conv.py,
-`weight_gradient_chunk`): the Slot Attention and UNet train steps compiled both ways in one
-process and timed in alternating steps, so both see the same machine noise.
+"""Batches processed in cache-sized chunks against whole (slot_jax/models/conv.py, `batch_chunk`):
+the Slot Attention and UNet train steps compiled each way in one process and timed in
+alternating steps, so all see the same machine noise. Variants:
 
-    python benchmarks/wgrad_chunks.py [--models small64,report128] [--unets quick,report]
+  whole    every op over the whole batch
+  wgrad    the weight gradients of oneDNN layers in chunks
+  all      also the autoencoder's decoder and the UNet run chunk by chunk (the default now)
+
+    python benchmarks/batch_chunks.py [--models small64,report128] [--unets quick,report]
                                       [--batches 32,8] [--rounds 8]
 
 Prints the median and minimum step time of each and appends them to
-benchmarks/results/wgrad_chunks.jsonl. Chunks apply where the step runs oneDNN's convolutions
-(a one-device CPU); elsewhere both variants compile the same step.
+benchmarks/results/batch_chunks.jsonl. Chunks apply on a one-device CPU (weight gradients: where
+the step runs oneDNN's convolutions); elsewhere all variants compile the same step.
 """
 import argparse
 import functools
@@ -21,7 +25,7 @@ sys.path.insert(0, str(HERE))
 from train_throughput import append_result, image_size, machine, model_config  # noqa: E402
 from unet_attention import alternate, compile_step, step_inputs  # noqa: E402
 
-RESULTS = HERE / "results" / "wgrad_chunks.jsonl"
+RESULTS = HERE / "results" / "batch_chunks.jsonl"
 
 
 def compile_sa_step(model_name: str, batch: int) -> tuple:
@@ -46,23 +50,27 @@ def compile_sa_step(model_name: str, batch: int) -> tuple:
     return step.lower(state, *inputs).compile(), state, inputs
 
 
-def compiled_variants(kind: str, name: str, batch: int) -> tuple:
-    """{"whole": ..., "chunks": ...} compiled steps; the chunk size is read while tracing."""
-    from slot_jax.models import conv
+VARIANTS = ("whole", "wgrad", "all")
 
-    default, steps = conv.WGRAD_CHUNK_BYTES, {}
+
+def compiled_variants(kind: str, name: str, batch: int) -> tuple:
+    """{variant: (compiled step, state)} and the step's inputs; chunking is decided while tracing."""
+    from slot_jax.models import conv, decoder, unet
+
+    defaults, steps = (conv.batch_chunk, decoder.chunks_pay, unet.chunks_pay), {}
     if kind == "unet":
         config, schedule, inputs = step_inputs(name, batch)
     try:
-        for label, chunk_bytes in (("whole", 1 << 62), ("chunks", default)):
-            conv.WGRAD_CHUNK_BYTES = chunk_bytes
+        for variant in VARIANTS:
+            conv.batch_chunk = defaults[0] if variant != "whole" else (lambda batch, image_bytes: batch)
+            decoder.chunks_pay = unet.chunks_pay = defaults[1] if variant == "all" else (lambda: False)
             if kind == "unet":
-                steps[label] = compile_step(config, schedule, inputs)
+                steps[variant] = compile_step(config, schedule, inputs)
             else:
                 step, state, inputs = compile_sa_step(name, batch)
-                steps[label] = (step, state)
+                steps[variant] = (step, state)
     finally:
-        conv.WGRAD_CHUNK_BYTES = default
+        conv.batch_chunk, decoder.chunks_pay, unet.chunks_pay = defaults
     return steps, inputs
 
 
@@ -83,11 +91,11 @@ def main(argv=None) -> int:
             times = alternate(steps, inputs, args.rounds)
             base = statistics.median(times["whole"])
             for label, seconds in times.items():
-                rows.append({"step": kind, "model": name, "batch": batch, "weight_gradient": label,
+                rows.append({"step": kind, "model": name, "batch": batch, "chunks": label,
                              "median_s": statistics.median(seconds), "min_s": min(seconds),
                              "speedup_vs_whole": base / statistics.median(seconds), "steps_timed": len(seconds)})
                 r = rows[-1]
-                print(f"{kind:11} {name:9} {batch:>5} {label:7} median {r['median_s']:8.3f} s  min {r['min_s']:8.3f} s"
+                print(f"{kind:11} {name:9} {batch:>5} {label:6} median {r['median_s']:8.3f} s  min {r['min_s']:8.3f} s"
                       f"  {r['speedup_vs_whole']:5.2f}x whole", flush=True)
     append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
     return 0

@@ -1,13 +1,13 @@
 """Batches processed in cache-sized chunks against whole (slot_jax/models/conv.py, `batch_chunk`):
-the Slot Attention and UNet train steps compiled each way in one process and timed in
+the Slot Attention, UNet and VAE train steps compiled each way in one process and timed in
 alternating steps, so all see the same machine noise. Variants:
 
   whole    every op over the whole batch
   wgrad    the weight gradients of oneDNN layers in chunks
-  all      also the autoencoder's decoder and the UNet run chunk by chunk (the default now)
+  all      also the autoencoder's decoder, the UNet and the VAE run chunk by chunk (the default now)
 
     python benchmarks/batch_chunks.py [--models small64,report128] [--unets quick,report]
-                                      [--batches 32,8] [--rounds 8]
+                                      [--vaes report] [--batches 32,8] [--rounds 8]
 
 Prints the median and minimum step time of each and appends them to
 benchmarks/results/batch_chunks.jsonl. Chunks apply on a one-device CPU (weight gradients: where
@@ -50,27 +50,55 @@ def compile_sa_step(model_name: str, batch: int) -> tuple:
     return step.lower(state, *inputs).compile(), state, inputs
 
 
+VAE_IMAGE_SIZES = {"report": 128, "quick": 64}  # the data of configs/vae.py's variants
+
+
+def compile_vae_step(variant: str, batch: int) -> tuple:
+    """The VAE's train step (configs/vae.py:VARIANT) as it is traced now, compiled, its state and batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from slot_jax.config_loader import load_config
+    from slot_jax.models.vae import build_vae
+    from slot_jax.training.diffusion_step import vae_train_step
+    from slot_jax.training.optimizer import build_optimizer
+    from slot_jax.training.state import state_from_params
+
+    config = load_config(str(HERE.parent / "configs" / f"vae.py:{variant}"))
+    size = VAE_IMAGE_SIZES[variant]
+    model, optimizer = build_vae(config.model), build_optimizer(config.train)
+    images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    rngs = {"params": jax.random.PRNGKey(0), "latent": jax.random.PRNGKey(1)}
+    params = jax.jit(model.init)(rngs, jnp.zeros((1, size, size, 3)))["params"]
+    state = state_from_params(params, optimizer, jax.random.PRNGKey(2))
+    inputs = ({"image": jnp.asarray(images)},)
+    step = jax.jit(functools.partial(vae_train_step, model=model, optimizer=optimizer,
+                                     kl_weight=config.train.kl_weight))
+    return step.lower(state, *inputs).compile(), state, inputs
+
+
 VARIANTS = ("whole", "wgrad", "all")
 
 
 def compiled_variants(kind: str, name: str, batch: int) -> tuple:
     """{variant: (compiled step, state)} and the step's inputs; chunking is decided while tracing."""
-    from slot_jax.models import conv, decoder, unet
+    from slot_jax.models import conv
 
-    defaults, steps = (conv.batch_chunk, decoder.chunks_pay, unet.chunks_pay), {}
+    defaults, steps = (conv.batch_chunk, conv.chunks_pay), {}
     if kind == "unet":
         config, schedule, inputs = step_inputs(name, batch)
     try:
         for variant in VARIANTS:
             conv.batch_chunk = defaults[0] if variant != "whole" else (lambda batch, image_bytes: batch)
-            decoder.chunks_pay = unet.chunks_pay = defaults[1] if variant == "all" else (lambda: False)
+            conv.chunks_pay = defaults[1] if variant == "all" else (lambda: False)
             if kind == "unet":
                 steps[variant] = compile_step(config, schedule, inputs)
             else:
-                step, state, inputs = compile_sa_step(name, batch)
+                step, state, inputs = (compile_sa_step if kind == "autoencoder" else compile_vae_step)(name, batch)
                 steps[variant] = (step, state)
     finally:
-        conv.batch_chunk, decoder.chunks_pay, unet.chunks_pay = defaults
+        conv.batch_chunk, conv.chunks_pay = defaults
     return steps, inputs
 
 
@@ -78,12 +106,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="small64,report128", help="Slot Attention models ('' for none)")
     parser.add_argument("--unets", default="quick,report", help="UNets ('' for none)")
+    parser.add_argument("--vaes", default="report", help="VAEs, configs/vae.py's variants ('' for none)")
     parser.add_argument("--batches", default="32,8")
     parser.add_argument("--rounds", type=int, default=8, help="alternating steps of each; the first is a warm-up")
     args = parser.parse_args(argv)
 
     jobs = [("autoencoder", m) for m in filter(None, args.models.split(","))]
     jobs += [("unet", u) for u in filter(None, args.unets.split(","))]
+    jobs += [("vae", v) for v in filter(None, args.vaes.split(","))]
     rows = []
     for kind, name in jobs:
         for batch in map(int, args.batches.split(",")):

@@ -261,13 +261,21 @@ def chunks_pay() -> bool:
     return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
+def example_chunk(requested: int, batch: int, example_bytes: int) -> int:
+    """A module's chunk size: `requested` if set, else batch_chunk where chunks pay, else the batch."""
+    if requested:
+        return requested
+    return batch_chunk(batch, example_bytes) if chunks_pay() else batch
+
+
 def in_batch_chunks(fn, chunk: int, *arrays):
     """fn(*arrays) for functions of each example alone, computed over batch chunks of `chunk`
-    examples and concatenated."""
+    examples; its outputs (arrays or pytrees of them) are concatenated."""
     batch = arrays[0].shape[0]
     if chunk >= batch:
         return fn(*arrays)
-    return jnp.concatenate([fn(*(a[start:start + chunk] for a in arrays)) for start in range(0, batch, chunk)])
+    parts = [fn(*(a[start:start + chunk] for a in arrays)) for start in range(0, batch, chunk)]
+    return jax.tree.map(lambda *pieces: jnp.concatenate(pieces), *parts)
 
 
 def weight_gradient_by_chunks(x, dy, kernel, stride: int, pads, chunk: int, swapped: bool = False):

@@ -11,7 +11,7 @@ from slot_jax.errors import UserError
 from slot_jax.models.attention import dot_product_attention
 from slot_jax.models.blocks import (Downsample, ResBlock, Upsample, ZeroConv, check_divisible_size,
                                     check_group_norm_widths)
-from slot_jax.models.conv import Conv, batch_chunk, chunks_pay, in_batch_chunks
+from slot_jax.models.conv import Conv, example_chunk, in_batch_chunks
 
 
 def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
@@ -165,14 +165,10 @@ class SlotUNet(nn.Module):
         return in_batch_chunks(denoise, self._chunk(x_t), x_t, time_emb, slots)
 
     def _chunk(self, x_t: jnp.ndarray) -> int:
-        """In chunks of 8-16 examples the train step ran 1.06-1.09x faster on a 2-core CPU (README);
-        the widest tensor, level 0's input with its skip, sets how many fit in CHUNK_BYTES."""
+        """In chunks of 16 examples the train step ran 1.06x faster at batch 32 on a 2-core CPU
+        (README); the widest tensor, level 0's input with its skip, sets how many fit in CHUNK_BYTES."""
         batch, height, width, _ = x_t.shape
-        if self.batch_chunk:
-            return self.batch_chunk
-        if not chunks_pay():
-            return batch
-        return batch_chunk(batch, height * width * 2 * self.width(0) * x_t.dtype.itemsize)
+        return example_chunk(self.batch_chunk, batch, height * width * 2 * self.width(0) * x_t.dtype.itemsize)
 
 
 def build_unet(unet_config) -> SlotUNet:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from slot_jax.errors import UserError
 from slot_jax.models.blocks import (Downsample, ResBlock, Upsample, check_divisible_size,
                                     check_group_norm_widths)
-from slot_jax.models.conv import Conv
+from slot_jax.models.conv import Conv, example_chunk, in_batch_chunks
 
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in float32
 
@@ -69,6 +69,9 @@ class VAE(nn.Module):
     latent_channels: int = 3
     num_groups: int = 8
     conv_impl: str = "auto"
+    # Images per chunk in which encoder and decoder run; 0: cache-sized chunks on a one-device CPU
+    # (conv.batch_chunk), the whole batch elsewhere. Each image is coded alone: same function.
+    batch_chunk: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -85,11 +88,17 @@ class VAE(nn.Module):
                                   self.num_groups, self.conv_impl)
         self.decoder = VAEDecoder(self.channels, self.num_res_blocks, self.num_groups, self.conv_impl)
 
+    def _chunk(self, batch: int, height: int, width: int) -> int:
+        """The widest tensor, level 0's activations of an image, sets how many fit in a chunk."""
+        return example_chunk(self.batch_chunk, batch, height * width * self.channels[0] * 4)
+
     def encode(self, image: jnp.ndarray) -> dict:
-        return self.encoder(image)
+        return in_batch_chunks(self.encoder, self._chunk(*image.shape[:3]), image)
 
     def decode(self, latent: jnp.ndarray) -> jnp.ndarray:
-        return self.decoder(latent)
+        batch, height, width, _ = latent.shape
+        f = self.downsampling_factor
+        return in_batch_chunks(self.decoder, self._chunk(batch, f * height, f * width), latent)
 
     def __call__(self, image: jnp.ndarray, sample_posterior: bool = True) -> dict:
         posterior = self.encode(image)

@@ -59,21 +59,21 @@ def test_decoder_in_batch_chunks_is_the_same_function():
     for key in ("recon", "slot_images", "masks"):
         np.testing.assert_allclose(chunked.apply(params, slots)[key], whole.apply(params, slots)[key],
                                    rtol=1e-6, atol=1e-6)
-    expected, got = (jax.grad(loss)(params, d) for d in (whole, chunked))
+    expected, got = (jax.jit(jax.grad(lambda p, d=d: loss(p, d)))(params) for d in (whole, chunked))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_decoder_chunks_by_cache_size_only_where_they_pay(monkeypatch):
-    from slot_jax.models import decoder as decoder_module
+    from slot_jax.models import conv as conv_module
 
     shape = dict(broadcast_size=(8, 8), channels=(32, 32, 32), strides=(2, 2, 2), kernel_sizes=(5, 5, 5))
     decoder = SpatialBroadcastDecoder(**shape)
-    monkeypatch.setattr(decoder_module, "chunks_pay", lambda: True)
+    monkeypatch.setattr(conv_module, "chunks_pay", lambda: True)
     assert decoder._chunk(224) == 16  # 64 x 64 x 32 floats a canvas: 16 of them in 8 MB
     assert decoder._chunk(20) == 20  # 16 would leave a chunk of 4
     assert SpatialBroadcastDecoder(**shape, batch_chunk=5)._chunk(224) == 5
-    monkeypatch.setattr(decoder_module, "chunks_pay", lambda: False)  # GPU, TPU, several devices
+    monkeypatch.setattr(conv_module, "chunks_pay", lambda: False)  # GPU, TPU, several devices
     assert decoder._chunk(224) == 224
 
 

@@ -122,6 +122,37 @@ def test_gradients_of_the_loss_are_finite_and_reach_both_halves(tiny):
         assert norm > 0, half
 
 
+def test_batch_chunks_compute_the_same_vae(tiny):
+    _, params, _ = tiny
+    image = jax.random.uniform(jax.random.PRNGKey(4), (5, 16, 12, 3))  # chunks of 2, 2 and 1
+    whole, chunked = VAE(**TINY, batch_chunk=100), VAE(**TINY, batch_chunk=2)
+
+    def total(p, model):
+        outputs = model.apply(p, image, rngs={"latent": jax.random.PRNGKey(3)})
+        return vae_loss(outputs, image, kl_weight=1e-3)["total"].mean()
+
+    for method in ("encode", "decode"):
+        inputs = image if method == "encode" else jnp.zeros((5, 8, 6, 3))
+        counts = [jax.jit(lambda p, x, m=m: m.apply(p, x, method=method)).lower(params, inputs).as_text().count(
+            "stablehlo.convolution") for m in (whole, chunked)]
+        assert counts[1] == 3 * counts[0] > 0, method
+    expected, got = (jax.jit(jax.value_and_grad(lambda p, m=m: total(p, m)))(params) for m in (whole, chunked))
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got[1], expected[1])
+
+
+def test_batch_chunks_by_cache_size_only_where_they_pay(monkeypatch):
+    from slot_jax.models import conv as conv_module
+
+    model = VAE(channels=(64, 128, 128))
+    monkeypatch.setattr(conv_module, "chunks_pay", lambda: True)
+    assert model._chunk(32, 128, 128) == 8   # 128 x 128 x 64 floats, 4 MB an image: at least 8
+    assert model._chunk(32, 64, 64) == 8     # 1 MB: 8 of them in 8 MB
+    assert model._chunk(12, 64, 64) == 12
+    monkeypatch.setattr(conv_module, "chunks_pay", lambda: False)
+    assert model._chunk(32, 128, 128) == 32
+
+
 def test_num_groups_must_divide_every_level_width():
     with pytest.raises(UserError, match="num_groups=8 must divide every channel count, but not 12") as error:
         VAE(channels=(16, 12), num_groups=8)

@@ -22,7 +22,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from train_throughput import append_result, image_size, machine, model_config  # noqa: E402
+from train_throughput import append_result, jax_step, machine  # noqa: E402
 from unet_attention import alternate, compile_step, step_inputs  # noqa: E402
 
 RESULTS = HERE / "results" / "batch_chunks.jsonl"
@@ -31,23 +31,9 @@ RESULTS = HERE / "results" / "batch_chunks.jsonl"
 def compile_sa_step(model_name: str, batch: int) -> tuple:
     """The Slot Attention autoencoder's train step as it is traced now, compiled, its state and batch."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from slot_jax.models.autoencoder import build_autoencoder
-    from slot_jax.training.optimizer import build_optimizer
-    from slot_jax.training.state import create_train_state
-    from slot_jax.training.step import train_step
-
-    config = model_config(model_name)
-    config.train.schedule, config.train.learning_rate = "constant", 4e-4
-    size = image_size(config)
-    model, optimizer = build_autoencoder(config.model), build_optimizer(config.train)
-    state = jax.jit(functools.partial(create_train_state, model, optimizer, (1, *size, 3)))(jax.random.PRNGKey(0))
-    images = np.random.default_rng(0).integers(0, 256, (batch, *size, 3), dtype=np.uint8)
-    inputs = ({"image": jnp.asarray(images)},)
-    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer))
-    return step.lower(state, *inputs).compile(), state, inputs
+    step, state, images = jax_step(model_name, batch)
+    return jax.jit(step).lower(state, images).compile(), state, (images,)
 
 
 VAE_IMAGE_SIZES = {"report": 128, "quick": 64}  # the data of configs/vae.py's variants

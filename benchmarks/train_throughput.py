@@ -135,7 +135,8 @@ def driver_device() -> str:
 
 # ----------------------------------------------------------------------------- workers
 
-def jax_worker(args) -> dict:
+def jax_step(model_name: str, batch: int, jax_variant: str = "auto/auto", dtype: str = "float32") -> tuple:
+    """The Slot Attention model's train step (not yet jitted), its initial state and a random batch."""
     import functools
 
     import jax
@@ -147,14 +148,21 @@ def jax_worker(args) -> dict:
     from slot_jax.training.state import create_train_state
     from slot_jax.training.step import train_step
 
-    config = model_config(args.model, args.jax_variant, args.dtype)
+    config = model_config(model_name, jax_variant, dtype)
     config.train.schedule, config.train.learning_rate = "constant", 4e-4
     size = image_size(config)
     model, optimizer = build_autoencoder(config.model), build_optimizer(config.train)
     state = jax.jit(functools.partial(create_train_state, model, optimizer, (1, *size, 3)))(jax.random.PRNGKey(0))
-    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer), donate_argnums=0)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.integers(0, 256, (args.batch, *size, 3), dtype=np.uint8))}
+    images = {"image": jnp.asarray(rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8))}
+    return functools.partial(train_step, model=model, optimizer=optimizer), state, images
+
+
+def jax_worker(args) -> dict:
+    import jax
+
+    step, state, batch = jax_step(args.model, args.batch, args.jax_variant, args.dtype)
+    step = jax.jit(step, donate_argnums=0)
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()

@@ -230,8 +230,8 @@ def _onednn_backward(stride, pads, residuals, dy):
     swapped = _without_onednn(kernel.shape, stride, min(x.shape[1:3])) == "swap_wgrad"
     # XLA computes a weight gradient as a convolution with the images innermost, so it first
     # transposes the layer's input and output gradient: strided copies of its largest tensors. In
-    # chunks, each copy is still in cache when the convolution reads it (1.03-1.15x faster
-    # Slot Attention steps, benchmarks/wgrad_chunks.py).
+    # chunks, each copy is still in cache when the convolution reads it (1.03-1.16x faster
+    # Slot Attention steps, benchmarks/batch_chunks.py).
     chunk = batch_chunk(x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
     return dx, weight_gradient_by_chunks(x, dy, kernel, stride, pads, chunk, swapped)
 
@@ -268,13 +268,17 @@ def example_chunk(requested: int, batch: int, example_bytes: int) -> int:
     return batch_chunk(batch, example_bytes) if chunks_pay() else batch
 
 
+def _chunk_slices(batch: int, chunk: int) -> list[slice]:
+    return [slice(start, start + chunk) for start in range(0, batch, chunk)]
+
+
 def in_batch_chunks(fn, chunk: int, *arrays):
     """fn(*arrays) for functions of each example alone, computed over batch chunks of `chunk`
     examples; its outputs (arrays or pytrees of them) are concatenated."""
     batch = arrays[0].shape[0]
     if chunk >= batch:
         return fn(*arrays)
-    parts = [fn(*(a[start:start + chunk] for a in arrays)) for start in range(0, batch, chunk)]
+    parts = [fn(*(a[part] for a in arrays)) for part in _chunk_slices(batch, chunk)]
     return jax.tree.map(lambda *pieces: jnp.concatenate(pieces), *parts)
 
 
@@ -286,10 +290,8 @@ def weight_gradient_by_chunks(x, dy, kernel, stride: int, pads, chunk: int, swap
             return weight_gradient_swapped(x, dy, kernel.shape[0], pads)
         return jax.vjp(lambda w: _native(x, w, stride, pads), kernel)[1](dy)[0]
 
-    total = gradient(x[:chunk], dy[:chunk])
-    for start in range(chunk, x.shape[0], chunk):
-        total = total + gradient(x[start:start + chunk], dy[start:start + chunk])
-    return total
+    parts = [gradient(x[part], dy[part]) for part in _chunk_slices(x.shape[0], chunk)]
+    return functools.reduce(jnp.add, parts)
 
 
 _conv_onednn.defvjp(_onednn_forward, _onednn_backward)

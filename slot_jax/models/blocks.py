@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from slot_jax.errors import UserError
 from slot_jax.models.conv import Conv, conv2d
+from slot_jax.models.norm import GroupNorm
 
 
 def check_group_norm_widths(widths: Sequence[int], num_groups: int, owner: str) -> None:
@@ -52,11 +53,11 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, time_emb: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-        h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_in")(x))
+        h = nn.silu(GroupNorm(self.num_groups, name="norm_in")(x))
         h = Conv(self.features, (3, 3), impl=self.conv_impl, name="conv_in")(h)
         if time_emb is not None:
             h = h + nn.Dense(self.features, name="time_proj")(nn.silu(time_emb))[:, None, None, :]
-        h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_out")(h))
+        h = nn.silu(GroupNorm(self.num_groups, name="norm_out")(h))
         last = ZeroConv if self.zero_init_last else Conv
         h = last(self.features, (3, 3), impl=self.conv_impl, name="conv_out")(h)
         if x.shape[-1] != self.features:

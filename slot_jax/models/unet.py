@@ -12,6 +12,7 @@ from slot_jax.models.attention import dot_product_attention
 from slot_jax.models.blocks import (Downsample, ResBlock, Upsample, ZeroConv, check_divisible_size,
                                     check_group_norm_widths)
 from slot_jax.models.conv import Conv, example_chunk, in_batch_chunks
+from slot_jax.models.norm import GroupNorm
 
 
 def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
@@ -60,7 +61,7 @@ class SpatialTransformer(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, slots: jnp.ndarray) -> jnp.ndarray:
         batch, height, width, channels = x.shape
-        tokens = nn.GroupNorm(self.num_groups, name="norm")(x).reshape(batch, height * width, channels)
+        tokens = GroupNorm(self.num_groups, name="norm")(x).reshape(batch, height * width, channels)
         tokens = nn.Dense(channels, name="proj_in")(tokens)
         normed = nn.LayerNorm(name="norm_self")(tokens)
         attention = functools.partial(nn.MultiHeadDotProductAttention, self.num_heads,
@@ -158,7 +159,7 @@ class SlotUNet(nn.Module):
                 if level > 0:
                     x = layer(f"up_{level}_upsample", Upsample, self.width(level), self.conv_impl)(x)
 
-            x = nn.silu(layer("norm_out", nn.GroupNorm, self.num_groups)(x))
+            x = nn.silu(layer("norm_out", GroupNorm, self.num_groups)(x))
             out_channels = self.out_channels or x_t.shape[-1]
             return layer("conv_out", ZeroConv, out_channels, (3, 3), impl=self.conv_impl)(x)
 

@@ -10,6 +10,7 @@ from slot_jax.errors import UserError
 from slot_jax.models.blocks import (Downsample, ResBlock, Upsample, check_divisible_size,
                                     check_group_norm_widths)
 from slot_jax.models.conv import Conv, example_chunk, in_batch_chunks
+from slot_jax.models.norm import GroupNorm
 
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in float32
 
@@ -32,7 +33,7 @@ class VAEEncoder(nn.Module):
                 x = ResBlock(width, self.num_groups, conv_impl=self.conv_impl)(x)
             if level < len(self.channels) - 1:
                 x = Downsample(width, self.conv_impl)(x)
-        x = nn.silu(nn.GroupNorm(self.num_groups, name="norm_out")(x))
+        x = nn.silu(GroupNorm(self.num_groups, name="norm_out")(x))
         moments = Conv(2 * self.latent_channels, (3, 3), impl=self.conv_impl, name="conv_out")(x)
         mean, logvar = jnp.split(moments, 2, axis=-1)
         return {"mean": mean, "logvar": jnp.clip(logvar, *LOGVAR_RANGE)}
@@ -54,7 +55,7 @@ class VAEDecoder(nn.Module):
                 x = ResBlock(self.channels[level], self.num_groups, conv_impl=self.conv_impl)(x)
             if level > 0:
                 x = Upsample(self.channels[level - 1], self.conv_impl)(x)
-        x = nn.silu(nn.GroupNorm(self.num_groups, name="norm_out")(x))
+        x = nn.silu(GroupNorm(self.num_groups, name="norm_out")(x))
         x = Conv(3, (3, 3), impl=self.conv_impl, name="conv_out")(x)
         return (x + 1.0) / 2.0
 

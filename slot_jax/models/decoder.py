@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from slot_jax.models.conv import Conv, example_chunk, in_batch_chunks
 from slot_jax.models.layers import SoftPositionEmbed
+from slot_jax.models.over_slots import mix_slots
 from slot_jax.models.upsample import SubpixelConvTranspose
 
 UPSAMPLE_IMPLS = ("auto", "transpose", "subpixel")
@@ -86,10 +87,5 @@ class SpatialBroadcastDecoder(nn.Module):
 
         x = in_batch_chunks(paint, self._chunk(x.shape[0]), x)
         x = x.astype(jnp.float32).reshape(batch, num_slots, *x.shape[1:])
-        slot_images, mask_logits = x[..., :3], x[..., 3:]
-        masks = jax.nn.softmax(mask_logits, axis=1)
-        return {
-            "recon": jnp.sum(masks * slot_images, axis=1),
-            "slot_images": slot_images,
-            "masks": masks,
-        }
+        recon, masks = mix_slots(x)
+        return {"recon": recon, "slot_images": x[..., :3], "masks": masks}

@@ -1,9 +1,11 @@
-"""Softmaxes and sums over the slot axis (axis 1) as sums of its K whole slices.
+"""The decoder's mask softmax and mixture over the slot axis (axis 1), as sums of its K slices.
 
 Slots sit on axis 1 ([B, K, ...]), so a reduction over them reads K values that lie a whole
 image or feature map apart. XLA:CPU runs such strided reductions over a short axis far below
 memory speed, and autodiff's backward of a sum over slices (pads and adds) is no better. Here
-both passes add whole slices, elementwise work that XLA fuses into single loops.
+both passes add whole slices, elementwise work that XLA fuses into single loops. (Slot
+Attention's softmax over slots, on [B, K, N] logits, ran slower this way alone and no faster in
+whole steps, so it stays jax.nn.softmax: benchmarks/slot_reductions.py.)
 """
 import functools
 
@@ -60,27 +62,3 @@ def _mix_slots_backward(residuals, cotangents):
 
 mix_slots.defvjp(_mix_slots_forward, _mix_slots_backward)
 
-
-@jax.custom_vjp
-def softmax_over_slots(logits: jnp.ndarray) -> jnp.ndarray:
-    """jax.nn.softmax(logits, axis=1): Slot Attention's competition of slots for each input
-    (logits [B, K, N])."""
-    slices = _per_slot(logits)
-    peak = functools.reduce(jnp.maximum, slices)
-    weights = [jnp.exp(s - peak) for s in slices]
-    inverse_total = 1.0 / _total(weights)
-    return jnp.stack([w * inverse_total for w in weights], axis=1)
-
-
-def _softmax_forward(logits):
-    probabilities = softmax_over_slots(logits)
-    return probabilities, probabilities
-
-
-def _softmax_backward(probabilities, d_probabilities):
-    p, d = _per_slot(probabilities), _per_slot(d_probabilities)
-    expected = _total([pk * dk for pk, dk in zip(p, d)])
-    return (jnp.stack([pk * (dk - expected) for pk, dk in zip(p, d)], axis=1),)
-
-
-softmax_over_slots.defvjp(_softmax_forward, _softmax_backward)

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 
 from slot_jax.models.layers import MLP
-from slot_jax.models.over_slots import softmax_over_slots
 
 
 class GaussianSlotInit(nn.Module):
@@ -67,7 +66,7 @@ class SlotAttention(nn.Module):
                 slots = jax.lax.stop_gradient(slots)
             queries = project_q(norm_slots(slots))
             logits = jnp.einsum("bnd,bkd->bkn", keys, queries)
-            attention = softmax_over_slots(logits)
+            attention = jax.nn.softmax(logits, axis=1)
             weights = attention + self.epsilon
             weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
             updates = jnp.einsum("bkn,bnd->bkd", weights, values)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slot_jax.models.over_slots import mix_slots, softmax_over_slots
+from slot_jax.models.over_slots import mix_slots
 
 
 def _softmax_mixture(x):
@@ -39,21 +39,3 @@ def test_slot_mixture_survives_large_logits():
     np.testing.assert_allclose(masks[:, :, ..., 0].sum(axis=1), 1.0)
     assert bool(jnp.all(jnp.isfinite(grad))) and bool(jnp.all(jnp.isfinite(recon)))
 
-
-@pytest.mark.parametrize("shape", [(2, 5, 12), (3, 7, 4, 4, 1), (2, 1, 6)])
-def test_softmax_over_slots_is_jax_softmax_with_its_gradient(shape):
-    rng = np.random.default_rng(1)
-    logits = jnp.asarray(rng.normal(size=shape) * 4, jnp.float32)
-    weights = jnp.asarray(rng.normal(size=shape), jnp.float32)
-    np.testing.assert_allclose(softmax_over_slots(logits), jax.nn.softmax(logits, axis=1), atol=1e-6, rtol=1e-6)
-    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(jnp.sin(softmax_over_slots(x)) * weights))(logits),
-                               jax.grad(lambda x: jnp.sum(jnp.sin(jax.nn.softmax(x, axis=1)) * weights))(logits),
-                               atol=1e-5, rtol=1e-5)
-
-
-def test_softmax_over_slots_survives_large_logits():
-    logits = jnp.array([[[1e4, -1e4], [-1e4, 1e4], [0.0, 0.0]]])
-    probabilities = softmax_over_slots(logits)
-    grad = jax.grad(lambda x: jnp.sum(softmax_over_slots(x)[:, 0] ** 2))(logits)
-    np.testing.assert_allclose(probabilities, [[[1, 0], [0, 1], [0, 0]]], atol=1e-6)
-    assert bool(jnp.all(jnp.isfinite(grad)))

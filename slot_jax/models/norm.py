@@ -40,7 +40,7 @@ def _statistics(x, num_groups: int, epsilon: float):
     mean = _per_group(_channel_sums(x), num_groups) / count
     mean_square = _per_group(_channel_sums(x * x), num_groups) / count
     inv_std = jax.lax.rsqrt(jnp.maximum(mean_square - mean * mean, 0.0) + epsilon)
-    return mean, inv_std, count
+    return mean, inv_std
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -51,7 +51,7 @@ def group_norm(x, scale, bias, num_groups: int, epsilon: float):
 
 
 def _group_norm_forward(x, scale, bias, num_groups, epsilon):
-    mean, inv_std, _ = _statistics(x, num_groups, epsilon)
+    mean, inv_std = _statistics(x, num_groups, epsilon)
     y = (x - _per_channel(mean, x)) * (_per_channel(inv_std, x) * scale) + bias
     return y, (x, mean, inv_std, scale)
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from batch_chunks import compile_vae_step  # noqa: E402
 from train_throughput import append_result, machine  # noqa: E402
-from unet_attention import alternate, compile_step, step_inputs  # noqa: E402
+from unet_attention import compile_step, step_inputs, timed_rows  # noqa: E402
 
 RESULTS = HERE / "results" / "group_norm.jsonl"
 MODULES = ("slot_jax.models.blocks", "slot_jax.models.unet", "slot_jax.models.vae")
@@ -114,13 +114,7 @@ def main(argv=None) -> int:
     for kind, name in jobs:
         for batch in map(int, args.batches.split(",")):
             steps, inputs = compiled_variants(kind, name, batch, shapes)
-            losses = {label: float(step(state, *inputs)[1]["loss"]) for label, (step, state) in steps.items()}
-            times = alternate(steps, inputs, args.rounds)
-            base = statistics.median(times["flax"])
-            for label, seconds in times.items():
-                step_rows.append({"step": kind, "model": name, "batch": batch, "group_norm": label,
-                                  "median_s": statistics.median(seconds), "min_s": min(seconds),
-                                  "speedup_vs_flax": base / statistics.median(seconds), "loss": losses[label]})
+            step_rows += timed_rows(steps, inputs, args.rounds, "flax", "group_norm", step=kind, model=name, batch=batch)
     layers = layer_rows({s for s in shapes if s[0][0] > 1}, args.layer_repeats)  # not init's batch of 1
 
     print(f"{'GroupNorm input':22} {'groups':>6} {'flax fwd ms':>11} {'ours fwd ms':>11} "

@@ -12,7 +12,6 @@ Prints the tables and appends them to benchmarks/results/slot_reductions.jsonl.
 import argparse
 import contextlib
 import pathlib
-import statistics
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -21,7 +20,7 @@ sys.path.insert(0, str(HERE))
 from batch_chunks import compile_sa_step  # noqa: E402
 from group_norm import median_ms  # noqa: E402
 from train_throughput import append_result, image_size, machine, model_config  # noqa: E402
-from unet_attention import alternate  # noqa: E402
+from unet_attention import timed_rows  # noqa: E402
 
 RESULTS = HERE / "results" / "slot_reductions.jsonl"
 VARIANTS = ("axis1", "mixture")
@@ -84,13 +83,7 @@ def main(argv=None) -> int:
                 with variant(name):
                     step, state, inputs = compile_sa_step(model, batch)
                 steps[name] = (step, state)
-            losses = {name: float(step(state, *inputs)[1]["loss"]) for name, (step, state) in steps.items()}
-            times = alternate(steps, inputs, args.rounds)
-            base = statistics.median(times["axis1"])
-            for name, seconds in times.items():
-                steps_rows.append({"model": model, "batch": batch, "variant": name,
-                                   "median_s": statistics.median(seconds), "min_s": min(seconds),
-                                   "speedup_vs_axis1": base / statistics.median(seconds), "loss": losses[name]})
+            steps_rows += timed_rows(steps, inputs, args.rounds, "axis1", "variant", model=model, batch=batch)
 
     print(f"{'op':8} {'model':10} {'batch':>5} {'shape':18} {'axis1 fwd':>9} {'slices fwd':>10} "
           f"{'axis1 f+b':>9} {'slices f+b':>10}   (ms)")

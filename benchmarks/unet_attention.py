@@ -65,6 +65,17 @@ def alternate(steps: dict, inputs, rounds: int) -> dict:
     return times
 
 
+def timed_rows(steps: dict, inputs, rounds: int, baseline: str, label_key: str, **fields) -> list:
+    """Each compiled step's loss, then `alternate`'s times as one row per label: `fields`, the
+    label under `label_key`, median and minimum seconds, speed-up against `baseline`'s median."""
+    losses = {label: float(step(state, *inputs)[1]["loss"]) for label, (step, state) in steps.items()}
+    times = alternate(steps, inputs, rounds)
+    base = statistics.median(times[baseline])
+    return [{**fields, label_key: label, "median_s": statistics.median(seconds), "min_s": min(seconds),
+             f"speedup_vs_{baseline}": base / statistics.median(seconds), "loss": losses[label],
+             "steps_timed": len(seconds)} for label, seconds in times.items()]
+
+
 def compiled_steps(unet: str, batch: int) -> tuple:
     import flax.linen as nn
 
@@ -89,13 +100,7 @@ def main(argv=None) -> int:
     rows = []
     for batch in map(int, args.batches.split(",")):
         steps, inputs = compiled_steps(args.unet, batch)
-        losses = {label: float(step(state, *inputs)[1]["loss"]) for label, (step, state) in steps.items()}
-        times = alternate(steps, inputs, args.rounds)
-        base = statistics.median(times["flax"])
-        for label, seconds in times.items():
-            rows.append({"unet": args.unet, "batch": batch, "attention": label, "median_s": statistics.median(seconds),
-                         "min_s": min(seconds), "speedup_vs_flax": base / statistics.median(seconds),
-                         "loss": losses[label], "steps_timed": len(seconds)})
+        rows += timed_rows(steps, inputs, args.rounds, "flax", "attention", unet=args.unet, batch=batch)
     print(f"{'unet':7} {'batch':>5} {'attention':10} {'median s':>9} {'min s':>7} {'x flax':>7} {'loss':>10}")
     for r in rows:
         print(f"{r['unet']:7} {r['batch']:>5} {r['attention']:10} {r['median_s']:>9.3f} {r['min_s']:>7.3f} "

@@ -61,4 +61,3 @@ def _mix_slots_backward(residuals, cotangents):
 
 
 mix_slots.defvjp(_mix_slots_forward, _mix_slots_backward)
-

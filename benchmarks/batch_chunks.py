@@ -28,11 +28,12 @@ from unet_attention import alternate, compile_step, step_inputs  # noqa: E402
 RESULTS = HERE / "results" / "batch_chunks.jsonl"
 
 
-def compile_sa_step(model_name: str, batch: int) -> tuple:
-    """The Slot Attention autoencoder's train step as it is traced now, compiled, its state and batch."""
+def compile_sa_step(model_name: str, batch: int, jax_variant: str = "auto/auto") -> tuple:
+    """The Slot Attention autoencoder's train step as it is traced now (`jax_variant` as in
+    train_throughput.model_config), compiled, its state and batch."""
     import jax
 
-    step, state, images = jax_step(model_name, batch)
+    step, state, images = jax_step(model_name, batch, jax_variant)
     return jax.jit(step).lower(state, images).compile(), state, (images,)
 
 

@@ -44,7 +44,7 @@ def _base() -> ml_collections.ConfigDict:
     c.model.decoder.kernel_sizes = (5, 5, 5, 5)
     c.model.decoder.strides = (2, 2, 2, 2)
     c.model.decoder.output_kernel_size = 3
-    c.model.decoder.upsample = "auto"  # stride>1 layers: "transpose" (XLA native), "subpixel", or per backend
+    c.model.decoder.upsample = "auto"  # stride>1 layers: "transpose" (XLA native), "subpixel", "phases", or per backend
     # Convolution lowering: "native" (XLA), "im2col", "output_shift", "phase_grad", "swap_wgrad",
     # "onednn", or "auto" (per backend and layer; slot_jax/models/conv.py).
     c.model.conv_impl = "auto"

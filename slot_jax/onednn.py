@@ -32,30 +32,31 @@ def _layout(batch: int, feature: int, spatial) -> dict:
     return {"dims": 4, "data": {"batch_dim": batch, "feature_dim": feature, "spatial_dims": list(spatial)}}
 
 
-def backend_config(kernel_size: int, stride: int, pads) -> str:
-    """NHWC input and output, HWIO kernel; pads ((top, bottom), (left, right)), all >= 0."""
+def backend_config(window, stride: int, pads) -> str:
+    """NHWC input and output, HWIO kernel of spatial size `window` (height, width); pads
+    ((top, bottom), (left, right)), all >= 0."""
     (top, bottom), (left, right) = pads
     return json.dumps({"onednn_conv_config": {
         "dims": 4,
         "input": _layout(0, 3, (1, 2)),
         "kernel": {"dims": 4, "filter": {"input_feature_dim": 2, "output_feature_dim": 3, "spatial_dims": [0, 1]}},
         "output": _layout(0, 3, (1, 2)),
-        "window": {"size": [kernel_size, kernel_size], "pad_left": [top, left], "pad_right": [bottom, right],
+        "window": {"size": list(window), "pad_left": [top, left], "pad_right": [bottom, right],
                    "strides": [stride, stride], "window_dilations": [1, 1]},
         "feature_groups": 1}}, separators=(",", ":"))
 
 
 def conv(x, kernel, stride: int, pads):
-    """x [N, H, W, C] float32, kernel [k, k, C, O] -> [N, Ho, Wo, O], as lax.conv_general_dilated
+    """x [N, H, W, C] float32, kernel [kh, kw, C, O] -> [N, Ho, Wo, O], as lax.conv_general_dilated
     with NHWC/HWIO/NHWC and explicit non-negative padding. Forward only: no autodiff rule."""
-    k = kernel.shape[0]
+    kh, kw = kernel.shape[:2]
     (top, bottom), (left, right) = pads
     n, h, w, _ = x.shape
-    out_h = (h + top + bottom - k) // stride + 1
-    out_w = (w + left + right - k) // stride + 1
+    out_h = (h + top + bottom - kh) // stride + 1
+    out_w = (w + left + right - kw) // stride + 1
     result = jax.ShapeDtypeStruct((n, out_h, out_w, kernel.shape[3]), x.dtype)
     call = jax.ffi.ffi_call(TARGET, result, custom_call_api_version=1, vmap_method="sequential",
-                            legacy_backend_config=backend_config(k, stride, pads))
+                            legacy_backend_config=backend_config((kh, kw), stride, pads))
     return call(x, kernel)
 
 
@@ -65,11 +66,12 @@ def supports(x, kernel, pads) -> bool:
     return x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and min(min(p) for p in pads) >= 0
 
 
-# Cases for the probe: (N, H, W, C, O, k, stride, pads). Asymmetric sizes and padding, so that a
-# config read with the wrong axes or offsets cannot agree by symmetry.
-PROBE_CASES = ((2, 9, 7, 3, 5, 3, 1, ((1, 1), (1, 1))),
-               (3, 12, 10, 4, 6, 5, 2, ((1, 2), (2, 1))),
-               (1, 6, 8, 8, 2, 1, 1, ((0, 0), (0, 0))))
+# Cases for the probe: (N, H, W, C, O, (kh, kw), stride, pads). Asymmetric sizes, windows and
+# padding, so that a config read with the wrong axes or offsets cannot agree by symmetry.
+PROBE_CASES = ((2, 9, 7, 3, 5, (3, 3), 1, ((1, 1), (1, 1))),
+               (3, 12, 10, 4, 6, (5, 5), 2, ((1, 2), (2, 1))),
+               (1, 6, 8, 8, 2, (1, 1), 1, ((0, 0), (0, 0))),
+               (2, 7, 9, 3, 4, (2, 3), 1, ((1, 0), (1, 1))))
 
 
 def _probe_in_this_process() -> dict:
@@ -78,7 +80,7 @@ def _probe_in_this_process() -> dict:
     worst = 0.0
     for n, h, w, c, o, k, stride, pads in PROBE_CASES:
         x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
-        kernel = jnp.asarray(rng.standard_normal((k, k, c, o)), jnp.float32)
+        kernel = jnp.asarray(rng.standard_normal((*k, c, o)), jnp.float32)
         got = jax.jit(functools.partial(conv, stride=stride, pads=pads))(x, kernel)
         want = lax.conv_general_dilated(x, kernel, (stride, stride), pads,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -90,7 +92,8 @@ def _probe_in_this_process() -> dict:
 
 def _cache_file() -> pathlib.Path:
     import jaxlib
-    build = f"{jaxlib.__version__} {jaxlib.__file__} {os.environ.get('XLA_FLAGS', '')} {sys.executable}"
+    # The cases are part of the key: a verdict reached on fewer cases is not reused.
+    build = f"{jaxlib.__version__} {jaxlib.__file__} {os.environ.get('XLA_FLAGS', '')} {sys.executable} {PROBE_CASES}"
     digest = hashlib.sha256(build.encode()).hexdigest()[:16]
     root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
     return root / "slot_jax" / f"onednn_probe_{digest}.json"

@@ -199,7 +199,7 @@ def weight_gradient_swapped(x, dy, k: int, pads):
     out[o, i', j', c] = sum dypad[n, i'+u, j'+v, o] x[n, u, v, c], tap i = k-1-i'."""
     (top, bottom), (left, right) = pads
     edges = [(k - 1 - top, k - 1 - bottom), (k - 1 - left, k - 1 - right)]
-    dy, edges = _crop_negative_padding(dy, edges)
+    dy, edges = crop_negative_padding(dy, edges)
     out = lax.conv_general_dilated(dy, x, (1, 1), edges, dimension_numbers=("CHWN", "IHWO", "NHWC"))
     return out[:, ::-1, ::-1, :].transpose(1, 2, 3, 0)
 
@@ -223,7 +223,7 @@ def _onednn_backward(stride, pads, residuals, dy):
     k = kernel.shape[0]
     if stride == 1:
         flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-        dy_cropped, back = _crop_negative_padding(dy, [(k - 1 - lo, k - 1 - hi) for lo, hi in pads])
+        dy_cropped, back = crop_negative_padding(dy, [(k - 1 - lo, k - 1 - hi) for lo, hi in pads])
         dx = onednn.conv(dy_cropped, flipped, 1, back)
     else:
         dx = input_gradient_by_phases(dy, kernel, stride, pads, x.shape, conv=onednn.conv)
@@ -297,7 +297,7 @@ def weight_gradient_by_chunks(x, dy, kernel, stride: int, pads, chunk: int, swap
 _conv_onednn.defvjp(_onednn_forward, _onednn_backward)
 
 
-def _crop_negative_padding(dy, edges):
+def crop_negative_padding(dy, edges):
     """Splits the spatial padding `edges` of a convolution over dy into a crop of dy (its negative
     parts) and the padding left (>= 0). Negative edges come from a layer padded wider than its
     kernel, whose border rows met only padding. They are cropped apart because XLA:CPU's

@@ -6,20 +6,26 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from slot_jax.models.conv import Conv, example_chunk, in_batch_chunks
+from slot_jax.models.conv import Conv, example_chunk, in_batch_chunks, resolve_conv_impl
 from slot_jax.models.layers import SoftPositionEmbed
 from slot_jax.models.over_slots import mix_slots
 from slot_jax.models.upsample import SubpixelConvTranspose
 
-UPSAMPLE_IMPLS = ("auto", "transpose", "subpixel")
+UPSAMPLE_IMPLS = ("auto", "transpose", "subpixel", "phases")
 
 
-def resolve_upsample(impl: str) -> str:
-    """'auto' keeps XLA's native transposed convolution where it is fast (GPU, TPU) and uses the
-    exact sub-pixel formulation on the CPU, where input-dilated convolutions are very slow."""
-    if impl == "auto":
-        return "subpixel" if jax.default_backend() == "cpu" else "transpose"
-    return impl
+def resolve_upsample(impl: str, conv_impl: str = "auto", dtype: Any = jnp.float32) -> str:
+    """'auto' keeps XLA's native transposed convolution where it is fast (GPU, TPU). On the CPU,
+    where input-dilated convolutions are very slow, it computes phase by phase where the
+    convolutions run on oneDNN in float32 (Slot Attention steps 1.19x faster at 64 px, 1.27x at
+    128 px than sub-pixel on a 2-core CPU, README), and by one sub-pixel convolution elsewhere."""
+    if impl != "auto":
+        return impl
+    if jax.default_backend() != "cpu":
+        return "transpose"
+    # Channel counts do not enter resolve_conv_impl's choice of oneDNN.
+    on_onednn = resolve_conv_impl(conv_impl, 1, 1, 1) == "onednn"
+    return "phases" if on_onednn and jnp.dtype(dtype) == jnp.float32 else "subpixel"
 
 
 class SpatialBroadcastDecoder(nn.Module):
@@ -65,9 +71,11 @@ class SpatialBroadcastDecoder(nn.Module):
         x = jnp.broadcast_to(slots.reshape(batch * num_slots, 1, 1, slot_size),
                              (batch * num_slots, height, width, slot_size))
         x = SoftPositionEmbed()(x)  # each convolution casts its input to `dtype`
+        subpixel = functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl, dtype=self.dtype)
         upsample = {"transpose": functools.partial(nn.ConvTranspose, dtype=self.dtype),
-                    "subpixel": functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl, dtype=self.dtype),
-                    }[resolve_upsample(self.upsample)]
+                    "subpixel": subpixel,
+                    "phases": functools.partial(subpixel, by_phases=True),
+                    }[resolve_upsample(self.upsample, self.conv_impl, self.dtype)]
         layers = []
         shapes = zip(self.channels, self.kernel_sizes, self.strides, strict=True)
         for i, (features, kernel, stride) in enumerate(shapes):

@@ -1,19 +1,30 @@
-"""Strided transposed convolution computed as one plain convolution plus depth-to-space.
+"""Strided transposed convolution without input dilation, in two exact formulations.
 
 A stride-s transposed convolution writes each output phase (o mod s) from a fixed subset of the
-kernel taps, so the s*s phases are ordinary stride-1 convolutions of the *undilated* input. Stacking
-the phase kernels along the output channels gives one convolution with s*s*C outputs, followed by
-a depth-to-space shuffle. It computes exactly what `flax.linen.ConvTranspose` (no kernel flip)
-computes, with about k*k/ceil(k/s)^2 times fewer multiplications and none of the input-dilated
-convolutions that XLA's CPU backend runs slowly.
+kernel taps, so the s*s phases are ordinary stride-1 convolutions of the *undilated* input.
+
+- `conv_transpose_subpixel` stacks the phase kernels along the output channels (zero taps where a
+  phase has fewer) into one convolution with s*s*C outputs, followed by depth-to-space.
+- `conv_transpose_by_phases` runs each phase with only its own taps (k=5, s=2: 25 instead of 36
+  per output pixel) and writes its backward pass out: the input gradient is the stride-s
+  convolution of the output gradient with the flipped kernel, and the kernel gradient is that
+  convolution's weight gradient, so no pass shuffles the output gradient into phases.
+
+Both compute exactly what `flax.linen.ConvTranspose` (no kernel flip) computes, with none of the
+input-dilated convolutions that XLA's CPU backend runs slowly.
 """
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from slot_jax.models.conv import cast_to, conv2d, depth_to_space
+from slot_jax import onednn
+from slot_jax.models.conv import (
+    cast_to, conv2d, crop_negative_padding, depth_to_space, example_chunk, resolve_conv_impl, weight_gradient_by_chunks)
 
 
 def conv_transpose_same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
@@ -72,9 +83,77 @@ def conv_transpose_subpixel(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, pa
     return depth_to_space(y, stride)
 
 
+def phase_windows(kernel_size: int, stride: int):
+    """Per phase (the same along both axes): the kernel taps it uses, in input order, and the
+    (before, after) padding of the stride-1 convolution that computes it. None where some phase
+    gets no tap (k < s) or would need negative padding; those layers stay sub-pixel."""
+    pad_before, _ = conv_transpose_same_padding(kernel_size, stride)
+    windows = []
+    for taps in _phase_taps(kernel_size, stride, pad_before):
+        offsets = sorted(taps)  # consecutive input offsets, one per tap
+        if not offsets or offsets[0] > 0 or offsets[-1] < 0:
+            return None
+        windows.append((np.array([taps[d] for d in offsets]), (-offsets[0], offsets[-1])))
+    return windows
+
+
+def _native_rect(x, kernel, stride, pads):
+    return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _by_phases(x, kernel, stride, use_onednn):
+    conv = onednn.conv if use_onednn else _native_rect
+    windows = phase_windows(kernel.shape[0], stride)
+    rows = []
+    for taps_y, pads_y in windows:
+        row = [conv(x, kernel[taps_y][:, taps_x], 1, (pads_y, pads_x)) for taps_x, pads_x in windows]
+        rows.append(jnp.stack(row, axis=3))  # [N, H, W, s (phase x), C]
+    y = jnp.stack(rows, axis=2)  # [N, H, s (phase y), W, s (phase x), C]: output pixel (s*h + ry, s*w + rx)
+    n, h, _, w, _, c = y.shape
+    return y.reshape(n, h * stride, w * stride, c)
+
+
+def _by_phases_forward(x, kernel, stride, use_onednn):
+    return _by_phases(x, kernel, stride, use_onednn), (x, kernel)
+
+
+def _by_phases_backward(stride, use_onednn, residuals, dy):
+    """y[p] = sum_t x[(p + t - before) / s] W[t] over the t that divide evenly, so
+    dx[m] = sum_u dy[s*m + u - lo] W[k-1-u]^T with lo = k-1-before: a stride-s convolution of dy
+    with the flipped kernel, and the kernel's gradient is that convolution's weight gradient."""
+    x, kernel = residuals
+    k = kernel.shape[0]
+    before, _ = conv_transpose_same_padding(k, stride)
+    lo = k - 1 - before
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # [k, k, C_out, C_in]
+    dy, pads = crop_negative_padding(dy, [(lo, k - lo - stride)] * 2)
+    dx = (onednn.conv if use_onednn else _native_rect)(dy, flipped, stride, pads)
+    chunk = example_chunk(0, x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
+    d_flipped = weight_gradient_by_chunks(dy, x, flipped, stride, pads, chunk)
+    return dx, jnp.flip(d_flipped, (0, 1)).transpose(0, 1, 3, 2)
+
+
+_by_phases.defvjp(_by_phases_forward, _by_phases_backward)
+
+
+def conv_transpose_by_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: str = "SAME",
+                             conv_impl: str = "auto"):
+    """The transposed convolution phase by phase, on oneDNN where `conv_impl` resolves to it (and
+    oneDNN can run it), on XLA's convolutions otherwise; sub-pixel where `phase_windows` refuses."""
+    k = kernel.shape[0]
+    if padding != "SAME" or kernel.shape[1] != k or phase_windows(k, stride) is None:
+        return conv_transpose_subpixel(x, kernel, stride, padding, conv_impl)
+    kernel = kernel.astype(x.dtype)
+    use_onednn = (resolve_conv_impl(conv_impl, kernel.shape[2], kernel.shape[3], 1, k, min(x.shape[1:3])) == "onednn"
+                  and onednn.supports(x, kernel, ((0, 0), (0, 0))) and onednn.available())
+    return _by_phases(x, kernel, stride, use_onednn)
+
+
 class SubpixelConvTranspose(nn.Module):
     """Drop-in for `nn.ConvTranspose(features, (k, k), strides=(s, s), padding="SAME")`, with the
-    same parameter names and shapes, so checkpoints move freely between the two."""
+    same parameter names and shapes, so checkpoints move freely between the two. `by_phases`
+    picks `conv_transpose_by_phases` over one sub-pixel convolution; both compute the same."""
 
     features: int
     kernel_size: tuple
@@ -82,6 +161,7 @@ class SubpixelConvTranspose(nn.Module):
     padding: str = "SAME"
     conv_impl: str = "auto"  # lowering of the inner convolution, see slot_jax.models.conv
     dtype: Optional[Any] = None  # compute dtype, as in flax (None: the input's)
+    by_phases: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -89,4 +169,5 @@ class SubpixelConvTranspose(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x, kernel, bias = cast_to(self.dtype, x, kernel, bias)
-        return conv_transpose_subpixel(x, kernel, self.strides[0], self.padding, self.conv_impl) + bias
+        transpose = conv_transpose_by_phases if self.by_phases else conv_transpose_subpixel
+        return transpose(x, kernel, self.strides[0], self.padding, self.conv_impl) + bias

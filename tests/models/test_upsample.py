@@ -1,22 +1,30 @@
-"""The sub-pixel transposed convolution computes what flax's ConvTranspose computes."""
+"""The sub-pixel and by-phases transposed convolutions compute what flax's ConvTranspose computes."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slot_jax.models.decoder import SpatialBroadcastDecoder
-from slot_jax.models.upsample import SubpixelConvTranspose, conv_transpose_same_padding, depth_to_space, subpixel_kernel
+from slot_jax import onednn
+from slot_jax.models import decoder as decoder_lib
+from slot_jax.models.decoder import SpatialBroadcastDecoder, resolve_upsample
+from slot_jax.models.upsample import (
+    SubpixelConvTranspose, conv_transpose_by_phases, conv_transpose_same_padding, depth_to_space, phase_windows,
+    subpixel_kernel)
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason=(
+    "XLA:CPU's oneDNN convolution is not usable in this jaxlib (its probe failed, or SLOT_JAX_ONEDNN=0)"))
 
 
 @pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("stride", [2, 3])
-def test_values_and_gradients_match_native_conv_transpose(kernel, stride):
+@pytest.mark.parametrize("by_phases", [False, True])
+def test_values_and_gradients_match_native_conv_transpose(kernel, stride, by_phases):
     x = jax.random.normal(jax.random.PRNGKey(kernel), (2, 6, 5, 3))
     native = nn.ConvTranspose(4, (kernel, kernel), strides=(stride, stride), padding="SAME")
     params = native.init(jax.random.PRNGKey(1), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias as well
-    subpixel = SubpixelConvTranspose(4, (kernel, kernel), (stride, stride))
+    subpixel = SubpixelConvTranspose(4, (kernel, kernel), (stride, stride), by_phases=by_phases)
     assert jax.tree.map(jnp.shape, subpixel.init(jax.random.PRNGKey(0), x)) == jax.tree.map(jnp.shape, params)
     np.testing.assert_allclose(subpixel.apply(params, x), native.apply(params, x), atol=1e-5)
 
@@ -52,12 +60,93 @@ def test_depth_to_space_places_phase_channels():
     np.testing.assert_array_equal(y[2:, 2:], [[12, 13], [14, 15]])
 
 
-def test_decoder_upsampling_implementations_agree_with_shared_parameters():
+@pytest.mark.parametrize("conv_impl", ["native", "onednn"])
+def test_decoder_upsampling_implementations_agree_with_shared_parameters(conv_impl):
+    if conv_impl == "onednn" and not onednn.available():
+        pytest.skip("XLA:CPU's oneDNN convolution is not usable in this jaxlib")
     slots = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8))
     make = lambda impl: SpatialBroadcastDecoder(broadcast_size=(4, 4), channels=(6, 6, 6), kernel_sizes=(5, 5, 3),
-                                                strides=(2, 2, 1), upsample=impl)
+                                                strides=(2, 2, 1), upsample=impl, conv_impl=conv_impl)
     params = make("transpose").init(jax.random.PRNGKey(1), slots)
-    a = make("transpose").apply(params, slots)
-    b = make("subpixel").apply(params, slots)
-    np.testing.assert_allclose(a["recon"], b["recon"], atol=1e-5)
-    np.testing.assert_allclose(a["masks"], b["masks"], atol=1e-5)
+    loss = lambda impl: lambda p: jnp.sum(jnp.sin(make(impl).apply(p, slots)["recon"]))
+    a, grad_a = make("transpose").apply(params, slots), jax.grad(loss("transpose"))(params)
+    for impl in ("subpixel", "phases"):
+        b = make(impl).apply(params, slots)
+        np.testing.assert_allclose(a["recon"], b["recon"], atol=1e-5)
+        np.testing.assert_allclose(a["masks"], b["masks"], atol=1e-5)
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5), grad_a,
+                     jax.grad(loss(impl))(params))
+
+
+def _transpose_reference(x, kernel, stride, cotangent):
+    """flax's ConvTranspose (SAME, no kernel flip) and its vector-Jacobian product from the
+    definition, in float64 numpy: y[p] = sum_t x[(p + t - before) / s] W[t] over the t for which
+    that index is whole, so input pixel m adds x[m] @ W[t] to output pixel s*m + before - t."""
+    x, kernel, g = (np.asarray(a, np.float64) for a in (x, kernel, cotangent))
+    k, s = kernel.shape[0], stride
+    before, _ = conv_transpose_same_padding(k, s)
+    offset = k - 1 - before  # output pixel p sits at s*m + (k-1-t) = p + offset
+    n, h, w, _ = x.shape
+    size = lambda m: max(s * (m - 1) + k, offset + s * m)  # holds every s*m + t' and the output
+    y_pad = np.zeros((n, size(h), size(w), kernel.shape[3]))
+    g_pad = np.zeros_like(y_pad)
+    g_pad[:, offset:offset + s * h, offset:offset + s * w] = g
+    dx, dw = np.zeros_like(x), np.zeros_like(kernel)
+    for i in range(k):
+        for j in range(k):
+            window = (slice(None), slice(i, i + s * (h - 1) + 1, s), slice(j, j + s * (w - 1) + 1, s))
+            tap = kernel[k - 1 - i, k - 1 - j]
+            y_pad[window] += x @ tap
+            dx += g_pad[window] @ tap.T
+            dw[k - 1 - i, k - 1 - j] = np.einsum("nhwc,nhwo->co", x, g_pad[window])
+    return y_pad[:, offset:offset + s * h, offset:offset + s * w], dx, dw
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("stride", [2, 3])
+@pytest.mark.parametrize("conv_impl", ["native", pytest.param("onednn", marks=needs_onednn)])
+def test_by_phases_matches_the_definition(kernel, stride, conv_impl):
+    x = jax.random.normal(jax.random.PRNGKey(kernel), (3, 7, 5, 4))
+    w = jax.random.normal(jax.random.PRNGKey(stride), (kernel, kernel, 4, 6))
+    fn = jax.jit(lambda x, w: conv_transpose_by_phases(x, w, stride, "SAME", conv_impl))
+    y, vjp = jax.vjp(fn, x, w)
+    cotangent = jax.random.normal(jax.random.PRNGKey(9), y.shape)
+    expected_y, expected_dx, expected_dw = _transpose_reference(x, w, stride, cotangent)
+    assert y.shape == expected_y.shape == (3, 7 * stride, 5 * stride, 6)
+    np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+    dx, dw = vjp(cotangent)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4])
+def test_phase_windows_use_every_tap_once(stride):
+    for kernel in range(1, 8):
+        windows = phase_windows(kernel, stride)
+        if kernel < stride:  # some phase gets no tap: the layer stays sub-pixel
+            assert windows is None
+            continue
+        assert len(windows) == stride
+        assert sorted(t for taps, _ in windows for t in taps) == list(range(kernel))
+        for taps, (before, after) in windows:
+            assert before >= 0 and after >= 0 and before + after + 1 == len(taps)
+
+
+@needs_onednn
+def test_by_phases_runs_each_phase_and_the_input_gradient_on_onednn():
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((5, 5, 4, 3))
+    lowered = lambda fn: jax.jit(fn).lower(x, w).as_text()
+    forward = lambda x, w: conv_transpose_by_phases(x, w, 2, "SAME", "onednn")
+    assert lowered(forward).count(onednn.TARGET) == 4
+    assert lowered(jax.grad(lambda x, w: jnp.sum(forward(x, w) ** 2))).count(onednn.TARGET) == 5
+    assert onednn.TARGET not in lowered(lambda x, w: conv_transpose_by_phases(x, w, 2, "SAME", "native"))
+
+
+def test_auto_upsampling_goes_by_phases_only_on_onednn_in_float32(monkeypatch):
+    for impl in ("transpose", "subpixel", "phases"):
+        assert resolve_upsample(impl) == impl
+    monkeypatch.setattr(decoder_lib, "resolve_conv_impl", lambda impl, *shape: "onednn")
+    assert resolve_upsample("auto") == "phases"
+    assert resolve_upsample("auto", dtype=jnp.bfloat16) == "subpixel"
+    monkeypatch.setattr(decoder_lib, "resolve_conv_impl", lambda impl, *shape: "native")
+    assert resolve_upsample("auto") == "subpixel"

@@ -3,10 +3,12 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from slot_jax.errors import UserError
-from slot_jax.models.conv import Conv, conv2d
+from slot_jax.models.conv import Conv, conv2d, resolve_conv_impl
 from slot_jax.models.norm import GroupNorm
+from slot_jax.models.upsample import conv_transpose_by_phases
 
 
 def check_group_norm_widths(widths: Sequence[int], num_groups: int, owner: str) -> None:
@@ -76,6 +78,38 @@ class Downsample(nn.Module):
         return Conv(self.features, (3, 3), strides=(2, 2), impl=self.conv_impl, name="conv")(x)
 
 
+# Row a of the 4-tap kernel sums the 3x3 taps that read the same input pixel after a nearest 2x
+# repeat: output pixel 2m reads x[m-1] through tap 0 and x[m] through taps 1 and 2; pixel 2m+1
+# reads x[m] through taps 0 and 1 and x[m+1] through tap 2.
+_NEAREST_TAPS = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]], np.float32)
+
+
+def nearest_upsample_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
+    """The [3, 3, C, O] kernel of a 'SAME' conv3x3 applied after a nearest-neighbour 2x repeat ->
+    the [4, 4, C, O] kernel of the stride-2 'SAME' transposed convolution that computes the same."""
+    taps = jnp.asarray(_NEAREST_TAPS, kernel.dtype)
+    return jnp.einsum("ai,bj,ijco->abco", taps, taps, kernel)
+
+
+class NearestUpsampleConv(nn.Module):
+    """conv3x3(nearest 2x repeat of x), with `Conv`'s parameters. Where the convolution runs on
+    oneDNN it is computed as the equivalent transposed convolution phase by phase: 2x2 taps per
+    output pixel instead of 3x3, and the 4x larger repeated input is never built."""
+
+    features: int
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        c_in = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c_in, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if resolve_conv_impl(self.impl, c_in, self.features, 1, 3, 2 * min(x.shape[1:3])) == "onednn":
+            return conv_transpose_by_phases(x, nearest_upsample_kernel(kernel), 2, "SAME", self.impl) + bias
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return conv2d(x, kernel, 1, "SAME", self.impl) + bias
+
+
 class Upsample(nn.Module):
     """Doubles the resolution: nearest-neighbour repeat, then conv3x3 (no checkerboard
     artefacts, unlike a stride-2 transposed conv)."""
@@ -85,5 +119,4 @@ class Upsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return Conv(self.features, (3, 3), impl=self.conv_impl, name="conv")(x)
+        return NearestUpsampleConv(self.features, self.conv_impl, name="conv")(x)

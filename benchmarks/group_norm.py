@@ -76,6 +76,14 @@ def median_ms(fn, *args, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def pass_ms(forward, loss, *args, repeats: int) -> tuple:
+    """Median ms of jit(forward)(*args), and of jit(grad(loss)) in all of args: forward, and
+    forward + backward."""
+    import jax
+    backward = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))
+    return median_ms(jax.jit(forward), *args, repeats=repeats), median_ms(backward, *args, repeats=repeats)
+
+
 def layer_rows(shapes: set, repeats: int) -> list:
     """Forward and forward+backward of each GroupNorm layer alone, flax's and ours alternately."""
     import flax.linen as nn
@@ -91,10 +99,8 @@ def layer_rows(shapes: set, repeats: int) -> list:
         row = {"shape": list(shape), "groups": groups}
         for label, module in (("flax", nn.GroupNorm(groups)), ("slot_jax", GroupNorm(groups))):
             params = module.init(jax.random.PRNGKey(0), x)
-            forward = jax.jit(module.apply)
-            backward = jax.jit(jax.grad(lambda p, x, m=module: jnp.sum(m.apply(p, x) * weights), (0, 1)))
-            row[f"{label}_forward_ms"] = median_ms(forward, params, x, repeats=repeats)
-            row[f"{label}_forward_backward_ms"] = median_ms(backward, params, x, repeats=repeats)
+            row[f"{label}_forward_ms"], row[f"{label}_forward_backward_ms"] = pass_ms(
+                module.apply, lambda p, x, m=module: jnp.sum(m.apply(p, x) * weights), params, x, repeats=repeats)
         rows.append(row)
     return rows
 

@@ -22,7 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from batch_chunks import compile_vae_step  # noqa: E402
-from group_norm import median_ms  # noqa: E402
+from group_norm import pass_ms  # noqa: E402
 from train_throughput import append_result, machine  # noqa: E402
 from unet_attention import compile_step, step_inputs, timed_rows  # noqa: E402
 
@@ -62,10 +62,8 @@ def layer_rows(repeats: int) -> list:
             with variant(name):
                 module = NearestUpsampleConv(c_out)
                 params = module.init(jax.random.PRNGKey(1), x)
-                forward = jax.jit(module.apply)
-                backward = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), argnums=(0, 1)))
-                row[f"{name}_forward_ms"] = median_ms(forward, params, x, repeats=repeats)
-                row[f"{name}_forward_backward_ms"] = median_ms(backward, params, x, repeats=repeats)
+                row[f"{name}_forward_ms"], row[f"{name}_forward_backward_ms"] = pass_ms(
+                    module.apply, lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), params, x, repeats=repeats)
         rows.append(row)
     return rows
 

@@ -22,7 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from batch_chunks import compile_sa_step  # noqa: E402
-from group_norm import median_ms  # noqa: E402
+from group_norm import pass_ms  # noqa: E402
 from train_throughput import append_result, machine  # noqa: E402
 from unet_attention import timed_rows  # noqa: E402
 
@@ -45,10 +45,9 @@ def layer_rows(repeats: int) -> list:
         kernel = jax.random.normal(jax.random.PRNGKey(1), (5, 5, channels, channels)) * 0.05
         row = {"canvases": canvases, "size": size, "channels": channels}
         for label, fn in (("subpixel", conv_transpose_subpixel), ("phases", conv_transpose_by_phases)):
-            forward = jax.jit(lambda x, w, fn=fn: fn(x, w, 2))
-            backward = jax.jit(jax.grad(lambda x, w, fn=fn: jnp.sum(jnp.sin(fn(x, w, 2))), argnums=(0, 1)))
-            row[f"{label}_forward_ms"] = median_ms(forward, x, kernel, repeats=repeats)
-            row[f"{label}_forward_backward_ms"] = median_ms(backward, x, kernel, repeats=repeats)
+            row[f"{label}_forward_ms"], row[f"{label}_forward_backward_ms"] = pass_ms(
+                lambda x, w, fn=fn: fn(x, w, 2), lambda x, w, fn=fn: jnp.sum(jnp.sin(fn(x, w, 2))), x, kernel,
+                repeats=repeats)
         rows.append(row)
     return rows
 

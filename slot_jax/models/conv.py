@@ -116,7 +116,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Paddin
     if impl in ("output_shift", "swap_wgrad") and stride != 1:
         raise ValueError(f"{impl} convolution supports stride 1 only")
     if impl == "native" or (impl == "phase_grad" and stride == 1):
-        return _native(x, kernel, stride, pads)
+        return native_conv(x, kernel, stride, pads)
     if impl in ("phase_grad", "swap_wgrad"):
         return _conv_own_gradient(x, kernel, stride, pads, impl)
     if impl == "onednn":
@@ -130,7 +130,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Paddin
     raise ValueError(f"unknown convolution impl {impl!r}: choose one of {', '.join(CONV_IMPLS)}")
 
 
-def _native(x, kernel, stride: int, pads):
+def native_conv(x, kernel, stride: int, pads):
     return lax.conv_general_dilated(x, kernel, (stride, stride), pads,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -147,11 +147,11 @@ def depth_to_space(x: jnp.ndarray, stride: int) -> jnp.ndarray:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv_own_gradient(x, kernel, stride, pads, impl):
-    return _native(x, kernel, stride, pads)
+    return native_conv(x, kernel, stride, pads)
 
 
 def _own_gradient_forward(x, kernel, stride, pads, impl):
-    return _native(x, kernel, stride, pads), (x, kernel)
+    return native_conv(x, kernel, stride, pads), (x, kernel)
 
 
 def _own_gradient_backward(stride, pads, impl, residuals, dy):
@@ -159,9 +159,9 @@ def _own_gradient_backward(stride, pads, impl, residuals, dy):
     kernel's for swap_wgrad."""
     x, kernel = residuals
     if impl == "phase_grad":
-        _, weight_vjp = jax.vjp(lambda w: _native(x, w, stride, pads), kernel)
+        _, weight_vjp = jax.vjp(lambda w: native_conv(x, w, stride, pads), kernel)
         return input_gradient_by_phases(dy, kernel, stride, pads, x.shape), weight_vjp(dy)[0]
-    _, input_vjp = jax.vjp(lambda x: _native(x, kernel, stride, pads), x)
+    _, input_vjp = jax.vjp(lambda x: native_conv(x, kernel, stride, pads), x)
     return input_vjp(dy)[0], weight_gradient_swapped(x, dy, kernel.shape[0], pads)
 
 
@@ -182,7 +182,7 @@ def input_gradient_by_phases(dy, kernel, stride: int, pads, x_shape, conv=None):
     phases = padded.reshape(taps, stride, taps, stride, c, o)[::-1, :, ::-1]
     phases = phases.transpose(0, 2, 5, 1, 3, 4).reshape(taps, taps, o, stride * stride * c)
     edge = taps - 1
-    grad = (conv or _native)(dy, phases, 1, ((edge, edge), (edge, edge)))
+    grad = (conv or native_conv)(dy, phases, 1, ((edge, edge), (edge, edge)))
     grad = depth_to_space(grad, stride)  # [N, s*(Ho+A-1), s*(Wo+A-1), C], padded input coordinates
     # Back to unpadded coordinates; negative padding crops, positive adds rows no output reached.
     (plh, _), (plw, _) = pads
@@ -288,7 +288,7 @@ def weight_gradient_by_chunks(x, dy, kernel, stride: int, pads, chunk: int, swap
     def gradient(x, dy):
         if swapped:
             return weight_gradient_swapped(x, dy, kernel.shape[0], pads)
-        return jax.vjp(lambda w: _native(x, w, stride, pads), kernel)[1](dy)[0]
+        return jax.vjp(lambda w: native_conv(x, w, stride, pads), kernel)[1](dy)[0]
 
     parts = [gradient(x[part], dy[part]) for part in _chunk_slices(x.shape[0], chunk)]
     return functools.reduce(jnp.add, parts)

@@ -20,11 +20,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from slot_jax import onednn
 from slot_jax.models.conv import (
-    cast_to, conv2d, crop_negative_padding, depth_to_space, example_chunk, resolve_conv_impl, weight_gradient_by_chunks)
+    cast_to, conv2d, crop_negative_padding, depth_to_space, example_chunk, native_conv, resolve_conv_impl,
+    weight_gradient_by_chunks)
 
 
 def conv_transpose_same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
@@ -97,13 +97,9 @@ def phase_windows(kernel_size: int, stride: int):
     return windows
 
 
-def _native_rect(x, kernel, stride, pads):
-    return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _by_phases(x, kernel, stride, use_onednn):
-    conv = onednn.conv if use_onednn else _native_rect
+    conv = onednn.conv if use_onednn else native_conv
     windows = phase_windows(kernel.shape[0], stride)
     rows = []
     for taps_y, pads_y in windows:
@@ -128,7 +124,7 @@ def _by_phases_backward(stride, use_onednn, residuals, dy):
     lo = k - 1 - before
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # [k, k, C_out, C_in]
     dy, pads = crop_negative_padding(dy, [(lo, k - lo - stride)] * 2)
-    dx = (onednn.conv if use_onednn else _native_rect)(dy, flipped, stride, pads)
+    dx = (onednn.conv if use_onednn else native_conv)(dy, flipped, stride, pads)
     chunk = example_chunk(0, x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
     d_flipped = weight_gradient_by_chunks(dy, x, flipped, stride, pads, chunk)
     return dx, jnp.flip(d_flipped, (0, 1)).transpose(0, 1, 3, 2)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import needs_onednn
 from slot_jax import onednn
 from slot_jax.models.blocks import NearestUpsampleConv, Upsample, nearest_upsample_kernel
 from slot_jax.models.conv import Conv
@@ -25,10 +26,8 @@ def test_the_transposed_kernel_computes_repeat_then_conv():
     np.testing.assert_allclose(y, _repeat_then_conv(x, kernel), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["native", "onednn"])
+@pytest.mark.parametrize("impl", ["native", pytest.param("onednn", marks=needs_onednn)])
 def test_upsample_values_gradients_and_parameters_match_repeat_then_conv(impl):
-    if impl == "onednn" and not onednn.available():
-        pytest.skip("XLA:CPU's oneDNN convolution is not usable in this jaxlib")
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 5, 8))
     block = Upsample(6, impl)
     params = block.init(jax.random.PRNGKey(1), x)
@@ -48,9 +47,8 @@ def test_upsample_values_gradients_and_parameters_match_repeat_then_conv(impl):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got, want)
 
 
+@needs_onednn
 def test_upsample_on_onednn_goes_by_phases_without_the_repeated_input():
-    if not onednn.available():
-        pytest.skip("XLA:CPU's oneDNN convolution is not usable in this jaxlib")
     x = jnp.ones((2, 8, 8, 4))
     lower = lambda impl: jax.jit(lambda x: NearestUpsampleConv(3, impl).init_with_output(
         jax.random.PRNGKey(0), x)[0]).lower(x).as_text()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SA_CONFIG, TINY_OVERRIDES
+from conftest import SA_CONFIG, TINY_OVERRIDES, needs_onednn
 from slot_jax import onednn, xla_cpu
 from slot_jax.config_loader import config_from_args
 from slot_jax.models import conv as conv_lib
@@ -103,8 +103,6 @@ def test_swap_wgrad_matches_the_definition(kernel_size, padding):
     _check_against_reference("swap_wgrad", x, kernel, 1, padding)
 
 
-needs_onednn = pytest.mark.skipif(not onednn.available(), reason=(
-    "XLA:CPU's oneDNN convolution is not usable in this jaxlib (its probe failed, or SLOT_JAX_ONEDNN=0)"))
 
 
 def _lowered(fn, *args) -> str:

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from slot_jax import onednn
+from conftest import needs_onednn
 from slot_jax.errors import UserError
 from slot_jax.models.unet import SlotUNet, TimeEmbedding, build_unet, sinusoidal_embedding
 
@@ -94,7 +94,7 @@ def test_gradients_are_finite_for_parameters_and_slots(tiny):
     assert bool(jnp.all(jnp.isfinite(grad_slots))) and float(jnp.abs(grad_slots).max()) > 0
 
 
-@pytest.mark.skipif(not onednn.available(), reason="XLA:CPU's oneDNN convolution is not usable in this jaxlib")
+@needs_onednn
 def test_onednn_convolutions_compute_the_same_unet(tiny):
     _, _, params, _ = tiny
     x_t, t, slots = _inputs()

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import needs_onednn
 from slot_jax import onednn
 from slot_jax.models import decoder as decoder_lib
 from slot_jax.models.decoder import SpatialBroadcastDecoder, resolve_upsample
@@ -12,8 +13,6 @@ from slot_jax.models.upsample import (
     SubpixelConvTranspose, conv_transpose_by_phases, conv_transpose_same_padding, depth_to_space, phase_windows,
     subpixel_kernel)
 
-needs_onednn = pytest.mark.skipif(not onednn.available(), reason=(
-    "XLA:CPU's oneDNN convolution is not usable in this jaxlib (its probe failed, or SLOT_JAX_ONEDNN=0)"))
 
 
 # Every case through the sub-pixel module; two through the by-phases one, whose function itself

@@ -26,16 +26,21 @@ import numpy as np
 
 TARGET = "__onednn$convolution"
 SWITCH = "SLOT_JAX_ONEDNN"
+# Whether layers hand their bias and ReLU to oneDNN as post-ops (read at trace time; benchmarks
+# turn it off to time the same step with XLA's separate pass).
+EPILOGUE = True
 
 
 def _layout(batch: int, feature: int, spatial) -> dict:
     return {"dims": 4, "data": {"batch_dim": batch, "feature_dim": feature, "spatial_dims": list(spatial)}}
 
 
-def backend_config(window, stride: int, pads) -> str:
+def backend_config(window, stride: int, pads, epilogue=()) -> str:
     """NHWC input and output, HWIO kernel of spatial size `window` (height, width); pads
-    ((top, bottom), (left, right)), all >= 0."""
+    ((top, bottom), (left, right)), all >= 0; `epilogue`: oneDNN post-ops applied to the output
+    in order, "BIAS" (a [O] operand) and/or "RELU"."""
     (top, bottom), (left, right) = pads
+    fusions = {"fusions": {"ops": list(epilogue)}} if epilogue else {}
     return json.dumps({"onednn_conv_config": {
         "dims": 4,
         "input": _layout(0, 3, (1, 2)),
@@ -43,21 +48,23 @@ def backend_config(window, stride: int, pads) -> str:
         "output": _layout(0, 3, (1, 2)),
         "window": {"size": list(window), "pad_left": [top, left], "pad_right": [bottom, right],
                    "strides": [stride, stride], "window_dilations": [1, 1]},
-        "feature_groups": 1}}, separators=(",", ":"))
+        "feature_groups": 1, **fusions}}, separators=(",", ":"))
 
 
-def conv(x, kernel, stride: int, pads):
+def conv(x, kernel, stride: int, pads, bias=None, relu: bool = False):
     """x [N, H, W, C] float32, kernel [kh, kw, C, O] -> [N, Ho, Wo, O], as lax.conv_general_dilated
-    with NHWC/HWIO/NHWC and explicit non-negative padding. Forward only: no autodiff rule."""
+    with NHWC/HWIO/NHWC and explicit non-negative padding, then `+ bias` ([O]) and a ReLU if
+    given, both applied while the output is still in registers. Forward only: no autodiff rule."""
     kh, kw = kernel.shape[:2]
     (top, bottom), (left, right) = pads
     n, h, w, _ = x.shape
     out_h = (h + top + bottom - kh) // stride + 1
     out_w = (w + left + right - kw) // stride + 1
     result = jax.ShapeDtypeStruct((n, out_h, out_w, kernel.shape[3]), x.dtype)
+    epilogue = ("BIAS",) * (bias is not None) + ("RELU",) * relu
     call = jax.ffi.ffi_call(TARGET, result, custom_call_api_version=1, vmap_method="sequential",
-                            legacy_backend_config=backend_config((kh, kw), stride, pads))
-    return call(x, kernel)
+                            legacy_backend_config=backend_config((kh, kw), stride, pads, epilogue))
+    return call(x, kernel, *([] if bias is None else [bias]))
 
 
 def supports(x, kernel, pads) -> bool:
@@ -66,24 +73,29 @@ def supports(x, kernel, pads) -> bool:
     return x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and min(min(p) for p in pads) >= 0
 
 
-# Cases for the probe: (N, H, W, C, O, (kh, kw), stride, pads). Asymmetric sizes, windows and
-# padding, so that a config read with the wrong axes or offsets cannot agree by symmetry.
-PROBE_CASES = ((2, 9, 7, 3, 5, (3, 3), 1, ((1, 1), (1, 1))),
-               (3, 12, 10, 4, 6, (5, 5), 2, ((1, 2), (2, 1))),
-               (1, 6, 8, 8, 2, (1, 1), 1, ((0, 0), (0, 0))),
-               (2, 7, 9, 3, 4, (2, 3), 1, ((1, 0), (1, 1))))
+# Cases for the probe: (N, H, W, C, O, (kh, kw), stride, pads, with bias and ReLU). Asymmetric
+# sizes, windows and padding, so that a config read with the wrong axes or offsets cannot agree
+# by symmetry.
+PROBE_CASES = ((2, 9, 7, 3, 5, (3, 3), 1, ((1, 1), (1, 1)), False),
+               (3, 12, 10, 4, 6, (5, 5), 2, ((1, 2), (2, 1)), False),
+               (1, 6, 8, 8, 2, (1, 1), 1, ((0, 0), (0, 0)), False),
+               (2, 7, 9, 3, 4, (2, 3), 1, ((1, 0), (1, 1)), False),
+               (2, 8, 6, 5, 7, (3, 3), 1, ((1, 1), (0, 2)), True))
 
 
 def _probe_in_this_process() -> dict:
     from jax import lax
     rng = np.random.default_rng(0)
     worst = 0.0
-    for n, h, w, c, o, k, stride, pads in PROBE_CASES:
+    for n, h, w, c, o, k, stride, pads, fused in PROBE_CASES:
         x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
         kernel = jnp.asarray(rng.standard_normal((*k, c, o)), jnp.float32)
-        got = jax.jit(functools.partial(conv, stride=stride, pads=pads))(x, kernel)
+        bias = jnp.asarray(rng.standard_normal(o), jnp.float32) if fused else None
+        got = jax.jit(lambda x, k, b: conv(x, k, stride, pads, b, fused))(x, kernel, bias)
         want = lax.conv_general_dilated(x, kernel, (stride, stride), pads,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if fused:
+            want = jnp.maximum(want + bias, 0)
         if got.shape != want.shape:
             return {"ok": False, "why": f"shape {got.shape} != {want.shape}"}
         worst = max(worst, float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))))

@@ -41,7 +41,7 @@ class ZeroConv(nn.Module):
         k = self.kernel_size[0]
         kernel = self.param("kernel", nn.initializers.zeros, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv2d(x, kernel, 1, "SAME", self.impl) + bias
+        return conv2d(x, kernel, 1, "SAME", self.impl, bias)
 
 
 class ResBlock(nn.Module):
@@ -105,9 +105,9 @@ class NearestUpsampleConv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c_in, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if resolve_conv_impl(self.impl, c_in, self.features, 1, 3, 2 * min(x.shape[1:3])) == "onednn":
-            return conv_transpose_by_phases(x, nearest_upsample_kernel(kernel), 2, "SAME", self.impl) + bias
+            return conv_transpose_by_phases(x, nearest_upsample_kernel(kernel), 2, "SAME", self.impl, bias)
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return conv2d(x, kernel, 1, "SAME", self.impl) + bias
+        return conv2d(x, kernel, 1, "SAME", self.impl, bias)
 
 
 class Upsample(nn.Module):

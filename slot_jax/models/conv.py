@@ -106,13 +106,29 @@ def _paddings(shape, k: int, stride: int, padding: Padding):
 
 
 def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Padding = "SAME",
-           impl: str = "auto") -> jnp.ndarray:
-    """x [N, H, W, C], kernel [k, k, C, O] (HWIO) -> [N, Ho, Wo, O], as `lax.conv_general_dilated`."""
+           impl: str = "auto", bias: Optional[jnp.ndarray] = None, relu: bool = False) -> jnp.ndarray:
+    """x [N, H, W, C], kernel [k, k, C, O] (HWIO) -> [N, Ho, Wo, O], as `lax.conv_general_dilated`,
+    then `+ bias` ([O]) and a ReLU if given (on oneDNN inside the convolution, see `_conv_epilogue`)."""
     k = kernel.shape[0]
     if kernel.shape[1] != k:
         raise ValueError(f"square kernels only, got {kernel.shape[:2]}")
     pads = _paddings(x.shape, k, stride, padding)
     impl = resolve_conv_impl(impl, kernel.shape[2], kernel.shape[3], stride, k, min(x.shape[1:3]))
+    fusable = onednn.EPILOGUE and (bias is not None or relu)
+    if impl == "onednn" and fusable and onednn.supports(x, kernel, pads) and onednn.available():
+        return _conv_epilogue(x, kernel, jnp.zeros(kernel.shape[3], x.dtype) if bias is None else bias,
+                              stride, pads, relu)
+    y = _conv2d(x, kernel, stride, pads, impl)
+    return epilogue(y, bias, relu)
+
+
+def epilogue(y, bias=None, relu: bool = False):
+    """y + bias, then a ReLU, each where given."""
+    y = y if bias is None else y + bias
+    return jax.nn.relu(y) if relu else y
+
+
+def _conv2d(x, kernel, stride: int, pads, impl: str):
     if impl in ("output_shift", "swap_wgrad") and stride != 1:
         raise ValueError(f"{impl} convolution supports stride 1 only")
     if impl == "native" or (impl == "phase_grad" and stride == 1):
@@ -122,7 +138,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Paddin
     if impl == "onednn":
         if onednn.supports(x, kernel, pads) and onednn.available():
             return _conv_onednn(x, kernel, stride, pads)
-        return conv2d(x, kernel, stride, pads, _without_onednn(kernel.shape, stride, min(x.shape[1:3])))
+        return _conv2d(x, kernel, stride, pads, _without_onednn(kernel.shape, stride, min(x.shape[1:3])))
     if impl == "im2col":
         return _conv_im2col(x, kernel, stride, pads)
     if impl == "output_shift":
@@ -297,6 +313,34 @@ def weight_gradient_by_chunks(x, dy, kernel, stride: int, pads, chunk: int, swap
 _conv_onednn.defvjp(_onednn_forward, _onednn_backward)
 
 
+# Bias and ReLU as oneDNN post-ops: applied to each output tile while it is in registers, which
+# saves XLA's separate pass over the layer's output (read and written once more) in the forward.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _conv_epilogue(x, kernel, bias, stride, pads, relu):
+    return onednn.conv(x, kernel, stride, pads, bias, relu)
+
+
+def _epilogue_forward(x, kernel, bias, stride, pads, relu):
+    y = onednn.conv(x, kernel, stride, pads, bias, relu)
+    return y, (x, kernel, y if relu else None)
+
+
+def _epilogue_backward(stride, pads, relu, residuals, dy):
+    x, kernel, y = residuals
+    dz, d_bias = epilogue_gradient(dy, y)
+    return (*_onednn_backward(stride, pads, (x, kernel), dz), d_bias)
+
+
+def epilogue_gradient(dy, relu_output=None):
+    """For y = relu(z + b) (no ReLU when `relu_output` is None): the gradients of z and of b.
+    y > 0 exactly where z + b > 0, and jax.nn.relu's gradient at 0 is 0, as here."""
+    dz = dy if relu_output is None else jnp.where(relu_output > 0, dy, jnp.zeros((), dy.dtype))
+    return dz, dz.sum(axis=(0, 1, 2))
+
+
+_conv_epilogue.defvjp(_epilogue_forward, _epilogue_backward)
+
+
 def crop_negative_padding(dy, edges):
     """Splits the spatial padding `edges` of a convolution over dy into a crop of dy (its negative
     parts) and the padding left (>= 0). Negative edges come from a layer padded wider than its
@@ -383,6 +427,7 @@ class Conv(nn.Module):
     padding: Padding = "SAME"
     impl: str = "auto"
     dtype: Optional[Any] = None
+    relu: bool = False  # a ReLU after the bias, fused into oneDNN's convolution where it runs
 
     @nn.compact
     def __call__(self, x):
@@ -390,7 +435,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x, kernel, bias = cast_to(self.dtype, x, kernel, bias)
-        return conv2d(x, kernel, self.strides[0], self.padding, self.impl) + bias
+        return conv2d(x, kernel, self.strides[0], self.padding, self.impl, bias, self.relu)
 
 
 def cast_to(dtype, *arrays):

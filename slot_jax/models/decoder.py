@@ -28,6 +28,13 @@ def resolve_upsample(impl: str, conv_impl: str = "auto", dtype: Any = jnp.float3
     return "phases" if on_onednn and jnp.dtype(dtype) == jnp.float32 else "subpixel"
 
 
+class ConvTransposeReLU(nn.ConvTranspose):
+    """flax's ConvTranspose followed by a ReLU, with its parameters."""
+
+    def __call__(self, x):
+        return nn.relu(super().__call__(x))
+
+
 class SpatialBroadcastDecoder(nn.Module):
     """Broadcasts every slot to a `broadcast_size` grid and upsamples it with convolutions.
 
@@ -71,8 +78,8 @@ class SpatialBroadcastDecoder(nn.Module):
         x = jnp.broadcast_to(slots.reshape(batch * num_slots, 1, 1, slot_size),
                              (batch * num_slots, height, width, slot_size))
         x = SoftPositionEmbed()(x)  # each convolution casts its input to `dtype`
-        subpixel = functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl, dtype=self.dtype)
-        upsample = {"transpose": functools.partial(nn.ConvTranspose, dtype=self.dtype),
+        subpixel = functools.partial(SubpixelConvTranspose, conv_impl=self.conv_impl, dtype=self.dtype, relu=True)
+        upsample = {"transpose": functools.partial(ConvTransposeReLU, dtype=self.dtype),
                     "subpixel": subpixel,
                     "phases": functools.partial(subpixel, by_phases=True),
                     }[resolve_upsample(self.upsample, self.conv_impl, self.dtype)]
@@ -81,7 +88,7 @@ class SpatialBroadcastDecoder(nn.Module):
         for i, (features, kernel, stride) in enumerate(shapes):
             if stride == 1:
                 layers.append(Conv(features, (kernel, kernel), padding="SAME", impl=self.conv_impl, dtype=self.dtype,
-                                   name=f"conv_{i}"))
+                                   relu=True, name=f"conv_{i}"))
             else:  # named alike whatever the implementation, so checkpoints move between backends
                 layers.append(upsample(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                                        name=f"conv_{i}"))
@@ -89,8 +96,8 @@ class SpatialBroadcastDecoder(nn.Module):
         output = Conv(4, (k, k), padding="SAME", impl=self.conv_impl, dtype=self.dtype, name="output")
 
         def paint(x):
-            for layer in layers:
-                x = nn.relu(layer(x))
+            for layer in layers:  # each ends in a ReLU
+                x = layer(x)
             return output(x)
 
         x = in_batch_chunks(paint, self._chunk(x.shape[0]), x)

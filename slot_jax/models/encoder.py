@@ -28,8 +28,8 @@ class CNNEncoder(nn.Module):
         x = image
         for i, (width, kernel, stride) in enumerate(zip(self.channels, self.kernel_sizes, self.strides, strict=True)):
             # Named as nn.Conv would be, so checkpoints do not depend on the lowering.
-            x = nn.relu(Conv(width, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                             impl=self.conv_impl, dtype=self.dtype, name=f"Conv_{i}")(x))
+            x = Conv(width, (kernel, kernel), strides=(stride, stride), padding="SAME", impl=self.conv_impl,
+                     dtype=self.dtype, relu=True, name=f"Conv_{i}")(x)
         x = SoftPositionEmbed()(x.astype(jnp.float32))
         batch, height, width, channels = x.shape
         x = x.reshape(batch, height * width, channels)

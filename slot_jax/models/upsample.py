@@ -23,8 +23,8 @@ import numpy as np
 
 from slot_jax import onednn
 from slot_jax.models.conv import (
-    cast_to, conv2d, crop_negative_padding, depth_to_space, example_chunk, native_conv, resolve_conv_impl,
-    weight_gradient_by_chunks)
+    cast_to, conv2d, crop_negative_padding, depth_to_space, epilogue, epilogue_gradient, example_chunk, native_conv,
+    resolve_conv_impl, weight_gradient_by_chunks)
 
 
 def conv_transpose_same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
@@ -97,28 +97,32 @@ def phase_windows(kernel_size: int, stride: int):
     return windows
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _by_phases(x, kernel, stride, use_onednn):
-    conv = onednn.conv if use_onednn else native_conv
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _by_phases(x, kernel, bias, stride, use_onednn, relu):
+    """The transposed convolution, + bias, and a ReLU if `relu`: on oneDNN both inside each
+    phase's convolution (conv.py, `_conv_epilogue`)."""
     windows = phase_windows(kernel.shape[0], stride)
-    rows = []
-    for taps_y, pads_y in windows:
-        row = [conv(x, kernel[taps_y][:, taps_x], 1, (pads_y, pads_x)) for taps_x, pads_x in windows]
-        rows.append(jnp.stack(row, axis=3))  # [N, H, W, s (phase x), C]
+    conv = functools.partial(onednn.conv, bias=bias, relu=relu) if use_onednn else native_conv
+    phases = [conv(x, kernel[taps_y][:, taps_x], 1, (pads_y, pads_x))
+              for taps_y, pads_y in windows for taps_x, pads_x in windows]
+    rows = [jnp.stack(phases[i:i + stride], axis=3) for i in range(0, stride * stride, stride)]  # [N, H, W, s, C]
     y = jnp.stack(rows, axis=2)  # [N, H, s (phase y), W, s (phase x), C]: output pixel (s*h + ry, s*w + rx)
     n, h, _, w, _, c = y.shape
-    return y.reshape(n, h * stride, w * stride, c)
+    y = y.reshape(n, h * stride, w * stride, c)
+    return y if use_onednn else epilogue(y, bias, relu)
 
 
-def _by_phases_forward(x, kernel, stride, use_onednn):
-    return _by_phases(x, kernel, stride, use_onednn), (x, kernel)
+def _by_phases_forward(x, kernel, bias, stride, use_onednn, relu):
+    y = _by_phases(x, kernel, bias, stride, use_onednn, relu)
+    return y, (x, kernel, y if relu else None, bias)
 
 
-def _by_phases_backward(stride, use_onednn, residuals, dy):
+def _by_phases_backward(stride, use_onednn, relu, residuals, dy):
     """y[p] = sum_t x[(p + t - before) / s] W[t] over the t that divide evenly, so
     dx[m] = sum_u dy[s*m + u - lo] W[k-1-u]^T with lo = k-1-before: a stride-s convolution of dy
     with the flipped kernel, and the kernel's gradient is that convolution's weight gradient."""
-    x, kernel = residuals
+    x, kernel, y, bias = residuals
+    dy, d_bias = epilogue_gradient(dy, y)
     k = kernel.shape[0]
     before, _ = conv_transpose_same_padding(k, stride)
     lo = k - 1 - before
@@ -127,23 +131,26 @@ def _by_phases_backward(stride, use_onednn, residuals, dy):
     dx = (onednn.conv if use_onednn else native_conv)(dy, flipped, stride, pads)
     chunk = example_chunk(0, x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
     d_flipped = weight_gradient_by_chunks(dy, x, flipped, stride, pads, chunk)
-    return dx, jnp.flip(d_flipped, (0, 1)).transpose(0, 1, 3, 2)
+    return dx, jnp.flip(d_flipped, (0, 1)).transpose(0, 1, 3, 2), None if bias is None else d_bias
 
 
 _by_phases.defvjp(_by_phases_forward, _by_phases_backward)
 
 
 def conv_transpose_by_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: str = "SAME",
-                             conv_impl: str = "auto"):
-    """The transposed convolution phase by phase, on oneDNN where `conv_impl` resolves to it (and
-    oneDNN can run it), on XLA's convolutions otherwise; sub-pixel where `phase_windows` refuses."""
+                             conv_impl: str = "auto", bias: Optional[jnp.ndarray] = None, relu: bool = False):
+    """The transposed convolution phase by phase (then `+ bias` and a ReLU, where given), on
+    oneDNN where `conv_impl` resolves to it (and oneDNN can run it), on XLA's convolutions
+    otherwise; sub-pixel where `phase_windows` refuses."""
     k = kernel.shape[0]
     if padding != "SAME" or kernel.shape[1] != k or phase_windows(k, stride) is None:
-        return conv_transpose_subpixel(x, kernel, stride, padding, conv_impl)
+        return epilogue(conv_transpose_subpixel(x, kernel, stride, padding, conv_impl), bias, relu)
     kernel = kernel.astype(x.dtype)
     use_onednn = (resolve_conv_impl(conv_impl, kernel.shape[2], kernel.shape[3], 1, k, min(x.shape[1:3])) == "onednn"
                   and onednn.supports(x, kernel, ((0, 0), (0, 0))) and onednn.available())
-    return _by_phases(x, kernel, stride, use_onednn)
+    if use_onednn and onednn.EPILOGUE:
+        return _by_phases(x, kernel, None if bias is None else bias.astype(x.dtype), stride, True, relu)
+    return epilogue(_by_phases(x, kernel, None, stride, use_onednn, False), bias, relu)
 
 
 class SubpixelConvTranspose(nn.Module):
@@ -158,6 +165,7 @@ class SubpixelConvTranspose(nn.Module):
     conv_impl: str = "auto"  # lowering of the inner convolution, see slot_jax.models.conv
     dtype: Optional[Any] = None  # compute dtype, as in flax (None: the input's)
     by_phases: bool = False
+    relu: bool = False  # a ReLU after the bias (by phases on oneDNN: inside its convolutions)
 
     @nn.compact
     def __call__(self, x):
@@ -165,5 +173,7 @@ class SubpixelConvTranspose(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x, kernel, bias = cast_to(self.dtype, x, kernel, bias)
-        transpose = conv_transpose_by_phases if self.by_phases else conv_transpose_subpixel
-        return transpose(x, kernel, self.strides[0], self.padding, self.conv_impl) + bias
+        if self.by_phases:
+            return conv_transpose_by_phases(x, kernel, self.strides[0], self.padding, self.conv_impl, bias, self.relu)
+        return epilogue(conv_transpose_subpixel(x, kernel, self.strides[0], self.padding, self.conv_impl),
+                        bias, self.relu)

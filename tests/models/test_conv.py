@@ -132,6 +132,35 @@ def test_onednn_runs_the_forward_pass_and_the_input_gradient(stride):
     assert onednn.TARGET not in native
 
 
+@pytest.mark.parametrize("impl", ["native", pytest.param("onednn", marks=needs_onednn)])
+@pytest.mark.parametrize("stride, padding", [(1, "SAME"), (2, ((2, 0), (1, 3)))])
+def test_bias_and_relu_epilogue_matches_the_definition(impl, stride, padding):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
+    bias = jax.random.normal(jax.random.PRNGKey(2), (5,))
+    fn = jax.jit(lambda x, w, b: conv2d(x, w, stride, padding, impl, b, relu=True))
+    y, vjp = jax.vjp(fn, x, kernel, bias)
+    cotangent = jax.random.normal(jax.random.PRNGKey(9), y.shape)
+    z = _reference(x, kernel, stride, padding, cotangent)[0] + np.asarray(bias, np.float64)
+    dz = np.where(z > 0, cotangent, 0.0)  # through the ReLU, then through the convolution
+    _, expected_dx, expected_dw = _reference(x, kernel, stride, padding, dz)
+    np.testing.assert_allclose(y, np.maximum(z, 0), rtol=1e-5, atol=1e-5)
+    dx, dw, db = vjp(cotangent)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, dz.sum((0, 1, 2)), rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+def test_onednn_adds_the_bias_and_applies_the_relu_inside_its_convolution():
+    x, kernel, bias = jnp.ones((2, 8, 8, 6)), jnp.ones((3, 3, 6, 2)), jnp.ones(2)
+    fused = _lowered(lambda x, w, b: conv2d(x, w, 1, "SAME", "onednn", b, relu=True), x, kernel, bias)
+    assert fused.count(onednn.TARGET) == 1 and '\\22BIAS\\22,\\22RELU\\22' in fused
+    assert "maximum" not in fused and "add" not in fused
+    native = _lowered(lambda x, w, b: conv2d(x, w, 1, "SAME", "native", b, relu=True), x, kernel, bias)
+    assert "maximum" in native and "add" in native
+
+
 def test_batch_chunk_rule(monkeypatch):
     monkeypatch.setattr(conv_lib, "CHUNK_BYTES", 1000)
     monkeypatch.setattr(conv_lib, "MIN_CHUNK", 8)
@@ -209,8 +238,8 @@ def test_onednn_probe_reports_a_crashing_or_disagreeing_child():
     old_encoding = (
         "import json, slot_jax.onednn as o\n"
         "new = o.backend_config\n"
-        "def old(k, stride, pads):\n"
-        "    c = json.loads(new(k, stride + 1, tuple((a + 1, b + 1) for a, b in pads)))\n"
+        "def old(k, stride, pads, epilogue=()):\n"
+        "    c = json.loads(new(k, stride + 1, tuple((a + 1, b + 1) for a, b in pads), epilogue))\n"
         "    c['onednn_conv_config']['input']['data']['spatial_dims'] = [2, 3]\n"
         "    return json.dumps(c)\n"
         "o.backend_config = old\n"
@@ -306,6 +335,8 @@ def test_module_has_nn_conv_parameters_and_output(impl):
     jax.tree.map(np.testing.assert_array_equal, own_params, params)  # same names, shapes and init
     params = jax.tree.map(lambda p: p + 0.1, params)
     np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Conv(3, (3, 3), impl=impl, relu=True).apply(params, x),
+                               nn.relu(reference.apply(params, x)), rtol=1e-5, atol=1e-5)
 
 
 def test_autoencoder_is_the_same_function_under_every_lowering():

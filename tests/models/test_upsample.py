@@ -116,6 +116,25 @@ def test_by_phases_matches_the_definition(kernel, stride, conv_impl):
     np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,stride", [(5, 2), (3, 3)])
+@pytest.mark.parametrize("conv_impl", ["native", pytest.param("onednn", marks=needs_onednn)])
+def test_by_phases_with_bias_and_relu_matches_the_definition(kernel, stride, conv_impl):
+    x = jax.random.normal(jax.random.PRNGKey(kernel), (3, 7, 5, 4))
+    w = jax.random.normal(jax.random.PRNGKey(stride), (kernel, kernel, 4, 6))
+    b = jax.random.normal(jax.random.PRNGKey(3), (6,))
+    fn = jax.jit(lambda x, w, b: conv_transpose_by_phases(x, w, stride, "SAME", conv_impl, b, relu=True))
+    y, vjp = jax.vjp(fn, x, w, b)
+    cotangent = jax.random.normal(jax.random.PRNGKey(9), y.shape)
+    z = _transpose_reference(x, w, stride, cotangent)[0] + np.asarray(b, np.float64)
+    dz = np.where(z > 0, cotangent, 0.0)
+    _, expected_dx, expected_dw = _transpose_reference(x, w, stride, dz)
+    np.testing.assert_allclose(y, np.maximum(z, 0), rtol=1e-5, atol=1e-5)
+    dx, dw, db = vjp(cotangent)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, dz.sum((0, 1, 2)), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("stride", [2, 3, 4])
 def test_phase_windows_use_every_tap_once(stride):
     for kernel in range(1, 8):
@@ -136,6 +155,8 @@ def test_by_phases_runs_each_phase_and_the_input_gradient_on_onednn():
     forward = lambda x, w: conv_transpose_by_phases(x, w, 2, "SAME", "onednn")
     assert lowered(forward).count(onednn.TARGET) == 4
     assert lowered(jax.grad(lambda x, w: jnp.sum(forward(x, w) ** 2))).count(onednn.TARGET) == 5
+    fused = lambda x, w: conv_transpose_by_phases(x, w, 2, "SAME", "onednn", jnp.ones(3), relu=True)
+    assert lowered(fused).count('\\22BIAS\\22,\\22RELU\\22') == 4 and "maximum" not in lowered(fused)
     assert onednn.TARGET not in lowered(lambda x, w: conv_transpose_by_phases(x, w, 2, "SAME", "native"))
 
 

@@ -1,0 +1,81 @@
+"""Bias and ReLU inside oneDNN's convolution (post-ops, slot_jax/onednn.py `EPILOGUE`) against
+XLA's separate pass over each layer's output: the Slot Attention, UNet and VAE train steps
+compiled both ways in one process and timed in alternating steps, so both see the same noise.
+
+  separate  the convolution, then bias + ReLU as XLA's own elementwise fusion (the default before)
+  fused     the convolution adds the bias and applies the ReLU to each output tile in registers
+
+    python benchmarks/conv_epilogue.py [--models small64,report128] [--unets quick,report]
+                                       [--vaes report] [--batches 32,8] [--rounds 8]
+
+Prints the median and minimum step time of each and appends them to
+benchmarks/results/conv_epilogue.jsonl. Only layers that run on oneDNN change; elsewhere both
+variants compile the same step.
+"""
+import argparse
+import pathlib
+import statistics
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from batch_chunks import compile_sa_step, compile_vae_step  # noqa: E402
+from train_throughput import append_result, machine  # noqa: E402
+from unet_attention import alternate, compile_step, step_inputs  # noqa: E402
+
+RESULTS = HERE / "results" / "conv_epilogue.jsonl"
+VARIANTS = {"separate": False, "fused": True}  # onednn.EPILOGUE while tracing
+
+
+def compiled_variants(kind: str, name: str, batch: int) -> tuple:
+    """{variant: (compiled step, state)} and the step's inputs."""
+    from slot_jax import onednn
+
+    default, steps = onednn.EPILOGUE, {}
+    if kind == "unet":
+        config, schedule, inputs = step_inputs(name, batch)
+    try:
+        for variant, fused in VARIANTS.items():
+            onednn.EPILOGUE = fused
+            if kind == "unet":
+                steps[variant] = compile_step(config, schedule, inputs)
+            else:
+                step, state, inputs = (compile_sa_step if kind == "autoencoder" else compile_vae_step)(name, batch)
+                steps[variant] = (step, state)
+    finally:
+        onednn.EPILOGUE = default
+    return steps, inputs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="small64,report128", help="Slot Attention models ('' for none)")
+    parser.add_argument("--unets", default="quick,report", help="UNets ('' for none)")
+    parser.add_argument("--vaes", default="report", help="VAEs, configs/vae.py's variants ('' for none)")
+    parser.add_argument("--batches", default="32,8")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating steps of each; the first is a warm-up")
+    args = parser.parse_args(argv)
+
+    jobs = [("autoencoder", m) for m in filter(None, args.models.split(","))]
+    jobs += [("unet", u) for u in filter(None, args.unets.split(","))]
+    jobs += [("vae", v) for v in filter(None, args.vaes.split(","))]
+    rows = []
+    for kind, name in jobs:
+        for batch in map(int, args.batches.split(",")):
+            steps, inputs = compiled_variants(kind, name, batch)
+            times = alternate(steps, inputs, args.rounds)
+            base = statistics.median(times["separate"])
+            for label, seconds in times.items():
+                rows.append({"step": kind, "model": name, "batch": batch, "epilogue": label,
+                             "median_s": statistics.median(seconds), "min_s": min(seconds),
+                             "speedup_vs_separate": base / statistics.median(seconds), "steps_timed": len(seconds)})
+                r = rows[-1]
+                print(f"{kind:11} {name:9} {batch:>5} {label:8} median {r['median_s']:8.3f} s  min {r['min_s']:8.3f} s"
+                      f"  {r['speedup_vs_separate']:5.2f}x separate", flush=True)
+    append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

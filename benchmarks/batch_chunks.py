@@ -98,6 +98,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="alternating steps of each; the first is a warm-up")
     args = parser.parse_args(argv)
 
+    rows = alternated_rows(args, compiled_variants, "chunks", "whole")
+    append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
+    return 0
+
+
+def alternated_rows(args, compiled_variants, label_key: str, baseline: str) -> list:
+    """For each Slot Attention model, UNet and VAE named in `args` and each batch: the variants of
+    `compiled_variants(kind, name, batch)` timed in alternating steps, one printed row each."""
     jobs = [("autoencoder", m) for m in filter(None, args.models.split(","))]
     jobs += [("unet", u) for u in filter(None, args.unets.split(","))]
     jobs += [("vae", v) for v in filter(None, args.vaes.split(","))]
@@ -106,16 +114,16 @@ def main(argv=None) -> int:
         for batch in map(int, args.batches.split(",")):
             steps, inputs = compiled_variants(kind, name, batch)
             times = alternate(steps, inputs, args.rounds)
-            base = statistics.median(times["whole"])
+            base = statistics.median(times[baseline])
             for label, seconds in times.items():
-                rows.append({"step": kind, "model": name, "batch": batch, "chunks": label,
+                rows.append({"step": kind, "model": name, "batch": batch, label_key: label,
                              "median_s": statistics.median(seconds), "min_s": min(seconds),
-                             "speedup_vs_whole": base / statistics.median(seconds), "steps_timed": len(seconds)})
+                             f"speedup_vs_{baseline}": base / statistics.median(seconds),
+                             "steps_timed": len(seconds)})
                 r = rows[-1]
-                print(f"{kind:11} {name:9} {batch:>5} {label:6} median {r['median_s']:8.3f} s  min {r['min_s']:8.3f} s"
-                      f"  {r['speedup_vs_whole']:5.2f}x whole", flush=True)
-    append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
-    return 0
+                print(f"{kind:11} {name:9} {batch:>5} {label:8} median {r['median_s']:8.3f} s  min {r['min_s']:8.3f} s"
+                      f"  {r[f'speedup_vs_{baseline}']:5.2f}x {baseline}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -14,15 +14,14 @@ variants compile the same step.
 """
 import argparse
 import pathlib
-import statistics
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from batch_chunks import compile_sa_step, compile_vae_step  # noqa: E402
+from batch_chunks import alternated_rows, compile_sa_step, compile_vae_step  # noqa: E402
 from train_throughput import append_result, machine  # noqa: E402
-from unet_attention import alternate, compile_step, step_inputs  # noqa: E402
+from unet_attention import compile_step, step_inputs  # noqa: E402
 
 RESULTS = HERE / "results" / "conv_epilogue.jsonl"
 VARIANTS = {"separate": False, "fused": True}  # onednn.EPILOGUE while tracing
@@ -57,22 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="alternating steps of each; the first is a warm-up")
     args = parser.parse_args(argv)
 
-    jobs = [("autoencoder", m) for m in filter(None, args.models.split(","))]
-    jobs += [("unet", u) for u in filter(None, args.unets.split(","))]
-    jobs += [("vae", v) for v in filter(None, args.vaes.split(","))]
-    rows = []
-    for kind, name in jobs:
-        for batch in map(int, args.batches.split(",")):
-            steps, inputs = compiled_variants(kind, name, batch)
-            times = alternate(steps, inputs, args.rounds)
-            base = statistics.median(times["separate"])
-            for label, seconds in times.items():
-                rows.append({"step": kind, "model": name, "batch": batch, "epilogue": label,
-                             "median_s": statistics.median(seconds), "min_s": min(seconds),
-                             "speedup_vs_separate": base / statistics.median(seconds), "steps_timed": len(seconds)})
-                r = rows[-1]
-                print(f"{kind:11} {name:9} {batch:>5} {label:8} median {r['median_s']:8.3f} s  min {r['min_s']:8.3f} s"
-                      f"  {r['speedup_vs_separate']:5.2f}x separate", flush=True)
+    rows = alternated_rows(args, compiled_variants, "epilogue", "separate")
     append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
     return 0
 

@@ -90,16 +90,21 @@ def compiled_variants(kind: str, name: str, batch: int) -> tuple:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return run_variants(argv, __doc__, compiled_variants, "chunks", "whole", RESULTS)
+
+
+def run_variants(argv, doc: str, compiled_variants, label_key: str, baseline: str, results) -> int:
+    """The command line shared by the benchmarks that alternate compiled variants of the train
+    steps: parses it, times the variants (`alternated_rows`) and appends the rows to `results`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--models", default="small64,report128", help="Slot Attention models ('' for none)")
     parser.add_argument("--unets", default="quick,report", help="UNets ('' for none)")
     parser.add_argument("--vaes", default="report", help="VAEs, configs/vae.py's variants ('' for none)")
     parser.add_argument("--batches", default="32,8")
     parser.add_argument("--rounds", type=int, default=8, help="alternating steps of each; the first is a warm-up")
     args = parser.parse_args(argv)
-
-    rows = alternated_rows(args, compiled_variants, "chunks", "whole")
-    append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
+    rows = alternated_rows(args, compiled_variants, label_key, baseline)
+    append_result(results, machine=machine(), rounds=args.rounds, rows=rows)
     return 0
 
 

@@ -12,15 +12,13 @@ Prints the median and minimum step time of each and appends them to
 benchmarks/results/conv_epilogue.jsonl. Only layers that run on oneDNN change; elsewhere both
 variants compile the same step.
 """
-import argparse
 import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from batch_chunks import alternated_rows, compile_sa_step, compile_vae_step  # noqa: E402
-from train_throughput import append_result, machine  # noqa: E402
+from batch_chunks import compile_sa_step, compile_vae_step, run_variants  # noqa: E402
 from unet_attention import compile_step, step_inputs  # noqa: E402
 
 RESULTS = HERE / "results" / "conv_epilogue.jsonl"
@@ -48,17 +46,7 @@ def compiled_variants(kind: str, name: str, batch: int) -> tuple:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="small64,report128", help="Slot Attention models ('' for none)")
-    parser.add_argument("--unets", default="quick,report", help="UNets ('' for none)")
-    parser.add_argument("--vaes", default="report", help="VAEs, configs/vae.py's variants ('' for none)")
-    parser.add_argument("--batches", default="32,8")
-    parser.add_argument("--rounds", type=int, default=8, help="alternating steps of each; the first is a warm-up")
-    args = parser.parse_args(argv)
-
-    rows = alternated_rows(args, compiled_variants, "epilogue", "separate")
-    append_result(RESULTS, machine=machine(), rounds=args.rounds, rows=rows)
-    return 0
+    return run_variants(argv, __doc__, compiled_variants, "epilogue", "separate", RESULTS)
 
 
 if __name__ == "__main__":

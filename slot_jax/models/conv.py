@@ -114,12 +114,14 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Paddin
         raise ValueError(f"square kernels only, got {kernel.shape[:2]}")
     pads = _paddings(x.shape, k, stride, padding)
     impl = resolve_conv_impl(impl, kernel.shape[2], kernel.shape[3], stride, k, min(x.shape[1:3]))
-    fusable = onednn.EPILOGUE and (bias is not None or relu)
-    if impl == "onednn" and fusable and onednn.supports(x, kernel, pads) and onednn.available():
-        return _conv_epilogue(x, kernel, jnp.zeros(kernel.shape[3], x.dtype) if bias is None else bias,
-                              stride, pads, relu)
-    y = _conv2d(x, kernel, stride, pads, impl)
-    return epilogue(y, bias, relu)
+    if impl == "onednn" and onednn.supports(x, kernel, pads) and onednn.available():
+        if onednn.EPILOGUE and (bias is not None or relu):
+            return _conv_epilogue(x, kernel, jnp.zeros(kernel.shape[3], x.dtype) if bias is None else bias,
+                                  stride, pads, relu)
+        return epilogue(_conv_onednn(x, kernel, stride, pads), bias, relu)
+    if impl == "onednn":  # where oneDNN cannot run
+        impl = _without_onednn(kernel.shape, stride, min(x.shape[1:3]))
+    return epilogue(_conv2d(x, kernel, stride, pads, impl), bias, relu)
 
 
 def epilogue(y, bias=None, relu: bool = False):
@@ -135,10 +137,6 @@ def _conv2d(x, kernel, stride: int, pads, impl: str):
         return native_conv(x, kernel, stride, pads)
     if impl in ("phase_grad", "swap_wgrad"):
         return _conv_own_gradient(x, kernel, stride, pads, impl)
-    if impl == "onednn":
-        if onednn.supports(x, kernel, pads) and onednn.available():
-            return _conv_onednn(x, kernel, stride, pads)
-        return _conv2d(x, kernel, stride, pads, _without_onednn(kernel.shape, stride, min(x.shape[1:3])))
     if impl == "im2col":
         return _conv_im2col(x, kernel, stride, pads)
     if impl == "output_shift":

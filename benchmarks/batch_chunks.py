@@ -89,6 +89,28 @@ def compiled_variants(kind: str, name: str, batch: int) -> tuple:
     return steps, inputs
 
 
+def flag_variants(kind: str, name: str, batch: int, module: str, attribute: str, variants: dict) -> tuple:
+    """{variant: (compiled step, state)} and the step's inputs, with `module.attribute` (a switch
+    slot_jax reads while tracing) set to each variant's value in `variants` for its compilation."""
+    import importlib
+
+    owner = importlib.import_module(module)
+    default, steps = getattr(owner, attribute), {}
+    if kind == "unet":
+        config, schedule, inputs = step_inputs(name, batch)
+    try:
+        for variant, value in variants.items():
+            setattr(owner, attribute, value)
+            if kind == "unet":
+                steps[variant] = compile_step(config, schedule, inputs)
+            else:
+                step, state, inputs = (compile_sa_step if kind == "autoencoder" else compile_vae_step)(name, batch)
+                steps[variant] = (step, state)
+    finally:
+        setattr(owner, attribute, default)
+    return steps, inputs
+
+
 def main(argv=None) -> int:
     return run_variants(argv, __doc__, compiled_variants, "chunks", "whole", RESULTS)
 

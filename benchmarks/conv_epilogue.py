@@ -12,37 +12,19 @@ Prints the median and minimum step time of each and appends them to
 benchmarks/results/conv_epilogue.jsonl. Only layers that run on oneDNN change; elsewhere both
 variants compile the same step.
 """
+import functools
 import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from batch_chunks import compile_sa_step, compile_vae_step, run_variants  # noqa: E402
-from unet_attention import compile_step, step_inputs  # noqa: E402
+from batch_chunks import flag_variants, run_variants  # noqa: E402
 
 RESULTS = HERE / "results" / "conv_epilogue.jsonl"
-VARIANTS = {"separate": False, "fused": True}  # onednn.EPILOGUE while tracing
-
-
-def compiled_variants(kind: str, name: str, batch: int) -> tuple:
-    """{variant: (compiled step, state)} and the step's inputs."""
-    from slot_jax import onednn
-
-    default, steps = onednn.EPILOGUE, {}
-    if kind == "unet":
-        config, schedule, inputs = step_inputs(name, batch)
-    try:
-        for variant, fused in VARIANTS.items():
-            onednn.EPILOGUE = fused
-            if kind == "unet":
-                steps[variant] = compile_step(config, schedule, inputs)
-            else:
-                step, state, inputs = (compile_sa_step if kind == "autoencoder" else compile_vae_step)(name, batch)
-                steps[variant] = (step, state)
-    finally:
-        onednn.EPILOGUE = default
-    return steps, inputs
+# {variant: (compiled step, state)} and the step's inputs, with onednn.EPILOGUE set while tracing.
+compiled_variants = functools.partial(flag_variants, module="slot_jax.onednn", attribute="EPILOGUE",
+                                      variants={"separate": False, "fused": True})
 
 
 def main(argv=None) -> int:

@@ -282,7 +282,7 @@ def example_chunk(requested: int, batch: int, example_bytes: int) -> int:
     return batch_chunk(batch, example_bytes) if chunks_pay() else batch
 
 
-def _chunk_slices(batch: int, chunk: int) -> list[slice]:
+def chunk_slices(batch: int, chunk: int) -> list[slice]:
     return [slice(start, start + chunk) for start in range(0, batch, chunk)]
 
 
@@ -292,7 +292,7 @@ def in_batch_chunks(fn, chunk: int, *arrays):
     batch = arrays[0].shape[0]
     if chunk >= batch:
         return fn(*arrays)
-    parts = [fn(*(a[part] for a in arrays)) for part in _chunk_slices(batch, chunk)]
+    parts = [fn(*(a[part] for a in arrays)) for part in chunk_slices(batch, chunk)]
     return jax.tree.map(lambda *pieces: jnp.concatenate(pieces), *parts)
 
 
@@ -304,7 +304,7 @@ def weight_gradient_by_chunks(x, dy, kernel, stride: int, pads, chunk: int, swap
             return weight_gradient_swapped(x, dy, kernel.shape[0], pads)
         return jax.vjp(lambda w: native_conv(x, w, stride, pads), kernel)[1](dy)[0]
 
-    parts = [gradient(x[part], dy[part]) for part in _chunk_slices(x.shape[0], chunk)]
+    parts = [gradient(x[part], dy[part]) for part in chunk_slices(x.shape[0], chunk)]
     return functools.reduce(jnp.add, parts)
 
 

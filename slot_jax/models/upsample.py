@@ -7,8 +7,8 @@ kernel taps, so the s*s phases are ordinary stride-1 convolutions of the *undila
   phase has fewer) into one convolution with s*s*C outputs, followed by depth-to-space.
 - `conv_transpose_by_phases` runs each phase with only its own taps (k=5, s=2: 25 instead of 36
   per output pixel) and writes its backward pass out: the input gradient is the stride-s
-  convolution of the output gradient with the flipped kernel, and the kernel gradient is that
-  convolution's weight gradient, so no pass shuffles the output gradient into phases.
+  convolution of the output gradient with the flipped kernel, so no pass shuffles the output
+  gradient into phases, and the kernel gradient is each phase's stride-1 weight gradient.
 
 Both compute exactly what `flax.linen.ConvTranspose` (no kernel flip) computes, with none of the
 input-dilated convolutions that XLA's CPU backend runs slowly.
@@ -23,7 +23,7 @@ import numpy as np
 
 from slot_jax import onednn
 from slot_jax.models.conv import (
-    cast_to, conv2d, crop_negative_padding, depth_to_space, epilogue, epilogue_gradient, example_chunk, native_conv,
+    cast_to, chunk_slices, conv2d, crop_negative_padding, depth_to_space, epilogue, epilogue_gradient, example_chunk, native_conv,
     resolve_conv_impl, weight_gradient_by_chunks)
 
 
@@ -120,21 +120,53 @@ def _by_phases_forward(x, kernel, bias, stride, use_onednn, relu):
 def _by_phases_backward(stride, use_onednn, relu, residuals, dy):
     """y[p] = sum_t x[(p + t - before) / s] W[t] over the t that divide evenly, so
     dx[m] = sum_u dy[s*m + u - lo] W[k-1-u]^T with lo = k-1-before: a stride-s convolution of dy
-    with the flipped kernel, and the kernel's gradient is that convolution's weight gradient."""
+    with the flipped kernel. The kernel's gradient is that convolution's weight gradient, computed
+    phase by phase (`weight_gradient_by_phases`) unless WEIGHT_GRADIENT_BY_PHASES is off."""
     x, kernel, y, bias = residuals
     dy, d_bias = epilogue_gradient(dy, y)
+    d_bias = None if bias is None else d_bias
     k = kernel.shape[0]
     before, _ = conv_transpose_same_padding(k, stride)
     lo = k - 1 - before
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # [k, k, C_out, C_in]
-    dy, pads = crop_negative_padding(dy, [(lo, k - lo - stride)] * 2)
-    dx = (onednn.conv if use_onednn else native_conv)(dy, flipped, stride, pads)
+    cropped, pads = crop_negative_padding(dy, [(lo, k - lo - stride)] * 2)
+    dx = (onednn.conv if use_onednn else native_conv)(cropped, flipped, stride, pads)
     chunk = example_chunk(0, x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
-    d_flipped = weight_gradient_by_chunks(dy, x, flipped, stride, pads, chunk)
-    return dx, jnp.flip(d_flipped, (0, 1)).transpose(0, 1, 3, 2), None if bias is None else d_bias
+    if WEIGHT_GRADIENT_BY_PHASES:
+        return dx, weight_gradient_by_phases(x, dy, k, stride, chunk), d_bias
+    d_flipped = weight_gradient_by_chunks(cropped, x, flipped, stride, pads, chunk)
+    return dx, jnp.flip(d_flipped, (0, 1)).transpose(0, 1, 3, 2), d_bias
 
 
 _by_phases.defvjp(_by_phases_forward, _by_phases_backward)
+
+# Whether the kernel gradient is computed phase by phase (read at trace time; benchmarks turn it
+# off to time the same step with XLA's weight gradient of the strided convolution, whose
+# window-dilated kernel XLA:CPU runs 1.2-1.5x slower on the 5x5 decoder layers).
+WEIGHT_GRADIENT_BY_PHASES = True
+
+
+def weight_gradient_by_phases(x, dy, kernel_size: int, stride: int, chunk: int):
+    """The kernel gradient of the transposed convolution, phase by phase: the taps of phase
+    (ry, rx) get the weight gradient of that phase's stride-1 convolution of x, whose output
+    gradient is dy[:, ry::s, rx::s]. Summed over batch chunks of `chunk`."""
+    windows = phase_windows(kernel_size, stride)
+    c_in, c_out = x.shape[3], dy.shape[3]
+
+    def phase_gradients(x, dy):
+        grads = []
+        for ry, (taps_y, pads_y) in enumerate(windows):
+            for rx, (taps_x, pads_x) in enumerate(windows):
+                zero = jnp.zeros((len(taps_y), len(taps_x), c_in, c_out), x.dtype)
+                _, vjp = jax.vjp(lambda w: native_conv(x, w, 1, (pads_y, pads_x)), zero)
+                grads.append(vjp(dy[:, ry::stride, rx::stride])[0].reshape(-1, c_in, c_out))
+        return jnp.concatenate(grads)
+
+    parts = [phase_gradients(x[part], dy[part]) for part in chunk_slices(x.shape[0], chunk)]
+    flat = functools.reduce(jnp.add, parts)  # [taps, C_in, C_out], phase after phase
+    tap_order = np.concatenate([(taps_y[:, None] * kernel_size + taps_x[None, :]).ravel()
+                                for taps_y, _ in windows for taps_x, _ in windows])
+    return flat[np.argsort(tap_order)].reshape(kernel_size, kernel_size, c_in, c_out)
 
 
 def conv_transpose_by_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: str = "SAME",

@@ -8,10 +8,11 @@ import pytest
 from conftest import needs_onednn
 from slot_jax import onednn
 from slot_jax.models import decoder as decoder_lib
+from slot_jax.models import upsample
 from slot_jax.models.decoder import SpatialBroadcastDecoder, resolve_upsample
 from slot_jax.models.upsample import (
     SubpixelConvTranspose, conv_transpose_by_phases, conv_transpose_same_padding, depth_to_space, phase_windows,
-    subpixel_kernel)
+    subpixel_kernel, weight_gradient_by_phases)
 
 
 
@@ -102,7 +103,9 @@ def _transpose_reference(x, kernel, stride, cotangent):
 
 @pytest.mark.parametrize("kernel,stride", [(1, 2), (2, 2), (3, 2), (4, 2), (5, 2), (3, 3), (5, 3)])
 @pytest.mark.parametrize("conv_impl", ["native", pytest.param("onednn", marks=needs_onednn)])
-def test_by_phases_matches_the_definition(kernel, stride, conv_impl):
+@pytest.mark.parametrize("gradient_by_phases", [True, False])
+def test_by_phases_matches_the_definition(kernel, stride, conv_impl, gradient_by_phases, monkeypatch):
+    monkeypatch.setattr(upsample, "WEIGHT_GRADIENT_BY_PHASES", gradient_by_phases)
     x = jax.random.normal(jax.random.PRNGKey(kernel), (3, 7, 5, 4))
     w = jax.random.normal(jax.random.PRNGKey(stride), (kernel, kernel, 4, 6))
     fn = jax.jit(lambda x, w: conv_transpose_by_phases(x, w, stride, "SAME", conv_impl))
@@ -133,6 +136,17 @@ def test_by_phases_with_bias_and_relu_matches_the_definition(kernel, stride, con
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(db, dz.sum((0, 1, 2)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,stride", [(5, 2), (4, 2), (2, 2), (3, 3), (5, 3)])
+def test_kernel_gradient_by_phases_in_chunks_matches_the_definition(kernel, stride):
+    x = jax.random.normal(jax.random.PRNGKey(kernel), (5, 6, 7, 3))
+    w = jnp.zeros((kernel, kernel, 3, 4))
+    dy = jax.random.normal(jax.random.PRNGKey(stride), (5, 6 * stride, 7 * stride, 4))
+    expected = _transpose_reference(x, w, stride, dy)[2]
+    for chunk in (5, 2):  # one chunk; chunks of 2, 2 and 1 images
+        dw = jax.jit(weight_gradient_by_phases, static_argnums=(2, 3, 4))(x, dy, kernel, stride, chunk)
+        np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride", [2, 3, 4])

@@ -24,7 +24,8 @@ from batch_chunks import flag_variants, run_variants  # noqa: E402
 
 RESULTS = HERE / "results" / "phase_weight_gradient.jsonl"
 compiled_variants = functools.partial(flag_variants, module="slot_jax.models.upsample",
-                                      attribute="WEIGHT_GRADIENT_BY_PHASES", variants={"strided": False, "phases": True})
+                                      attribute="WEIGHT_GRADIENT_BY_PHASES",
+                                      variants={"strided": False, "phases": True})
 
 
 def main(argv=None) -> int:

@@ -23,8 +23,8 @@ import numpy as np
 
 from slot_jax import onednn
 from slot_jax.models.conv import (
-    cast_to, chunk_slices, conv2d, crop_negative_padding, depth_to_space, epilogue, epilogue_gradient, example_chunk, native_conv,
-    resolve_conv_impl, weight_gradient_by_chunks)
+    cast_to, chunk_slices, conv2d, crop_negative_padding, depth_to_space, epilogue, epilogue_gradient, example_chunk,
+    native_conv, resolve_conv_impl, weight_gradient_by_chunks)
 
 
 def conv_transpose_same_padding(kernel_size: int, stride: int) -> tuple[int, int]:

@@ -6,7 +6,8 @@ import pytest
 from conftest import SA_CONFIG
 from slot_jax.config_loader import load_config
 from slot_jax.models.autoencoder import attention_masks, build_autoencoder, reconstruction_loss
-from slot_jax.models.decoder import SpatialBroadcastDecoder
+from slot_jax.models import decoder as decoder_lib
+from slot_jax.models.decoder import SpatialBroadcastDecoder, layer_reach
 from slot_jax.models.encoder import CNNEncoder
 from slot_jax.models.layers import position_grid
 
@@ -44,7 +45,8 @@ def _small_decoder(**fields):
                                    **fields)
 
 
-def test_decoder_in_batch_chunks_is_the_same_function():
+def test_decoder_in_batch_chunks_is_the_same_function(monkeypatch):
+    monkeypatch.setattr(decoder_lib, "FIRST_LAYER_BY_CLASSES", False)  # every layer in chunks, to count them
     slots = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 8))  # 8 canvases: chunks of 3, 3 and 2
     params = _small_decoder().init(jax.random.PRNGKey(1), slots)
 
@@ -62,6 +64,46 @@ def test_decoder_in_batch_chunks_is_the_same_function():
     expected, got = (jax.jit(jax.grad(lambda p, d=d: loss(p, d)))(params) for d in (whole, chunked))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride", [(k, s) for k in range(1, 8) for s in (1, 2, 3)])
+def test_layer_reach_is_the_widest_offset_an_output_pixel_reads(kernel, stride):
+    # The response of the layer to an impulse at input pixel m covers the output pixels that read
+    # m; output pixel o reads m at offset m - o // stride.
+    size, m = 3 * kernel + 3, (3 * kernel + 3) // 2
+    impulse = jnp.zeros((1, size, 1, 1)).at[0, m].set(1.0)
+    w = jnp.ones((kernel, 1, 1, 1))
+    if stride == 1:
+        y = jax.lax.conv_general_dilated(impulse, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    else:
+        y = jax.lax.conv_transpose(impulse, w, (stride, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    reads = np.nonzero(np.asarray(y[0, :, 0, 0]))[0]
+    assert layer_reach(kernel, stride) == max(abs(m - o // stride) for o in reads)
+
+
+# Every upsampling lowering; a stride-1 first layer; non-square grids; a grid too small for the
+# border classes (3 < 2 * reach + 1), where the first layer runs on every canvas.
+@pytest.mark.parametrize("upsample,broadcast,kernels,strides", [
+    ("phases", (5, 7), (5, 3), (2, 1)), ("subpixel", (5, 7), (5, 3), (2, 1)), ("transpose", (5, 7), (4, 3), (2, 1)),
+    ("phases", (6, 6), (3, 5), (1, 2)), ("phases", (3, 4), (5, 3), (1, 2)), ("phases", (4, 4), (3, 3), (3, 1))])
+def test_first_layer_by_border_classes_is_the_same_function(upsample, broadcast, kernels, strides, monkeypatch):
+    slots = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8))
+    decoder = SpatialBroadcastDecoder(broadcast_size=broadcast, channels=(6, 5), kernel_sizes=kernels,
+                                      strides=strides, upsample=upsample)
+    params = decoder.init(jax.random.PRNGKey(1), slots)
+    params = jax.tree.map(lambda p: p + 0.05, params)  # non-zero biases
+
+    def run(by_classes):
+        monkeypatch.setattr(decoder_lib, "FIRST_LAYER_BY_CLASSES", by_classes)
+        loss = lambda p, s: jnp.sum(decoder.apply(p, s)["recon"] ** 2)
+        out = decoder.apply(params, slots)
+        return out, jax.grad(loss, argnums=(0, 1))(params, slots)
+
+    (out, grads), (expected_out, expected_grads) = run(True), run(False)
+    for key in ("recon", "slot_images", "masks"):
+        np.testing.assert_allclose(out[key], expected_out[key], rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):  # float32 sums of ~1e3
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
 
 
 def test_decoder_chunks_by_cache_size_only_where_they_pay(monkeypatch):

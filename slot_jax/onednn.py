@@ -149,7 +149,9 @@ def available() -> bool:
     if cache is not None and not verdict.get("transient"):
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(verdict))
+            partial = cache.with_suffix(f".{os.getpid()}.tmp")  # processes probing at once never read half a file
+            partial.write_text(json.dumps(verdict))
+            os.replace(partial, cache)
         except OSError:
             pass  # a read-only home: probe again next time
     return bool(verdict["ok"])

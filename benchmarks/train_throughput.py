@@ -363,16 +363,24 @@ def main(argv=None) -> int:
                 torch_s = statistics.median(times[f"torch{_dtype_tag(slot['dtype'])}"]["times"])
                 gflops = flops * batch / seconds / 1e9
                 peak = peaks[slot["framework"], slot["dtype"]]
-                rows.append({"model": name, "batch": batch, "impl": label, "dtype": slot["dtype"],
-                             "s_per_step": seconds, "images_per_s": batch / seconds, "vs_torch": torch_s / seconds,
-                             "gflops": gflops, "pct_matmul_peak": 100 * gflops / peak,
-                             "peak_rss_mb": slot["peak_rss_mb"], "step_gflop": flops * batch / 1e9})
+                row = {"model": name, "batch": batch, "impl": label, "dtype": slot["dtype"],
+                       "s_per_step": seconds, "images_per_s": batch / seconds, "vs_torch": torch_s / seconds,
+                       "gflops": gflops, "pct_matmul_peak": 100 * gflops / peak,
+                       "peak_rss_mb": slot["peak_rss_mb"], "step_gflop": flops * batch / 1e9}
+                if "float32" in dtypes:  # every row also against PyTorch's and the matmul's float32
+                    row["vs_torch_float32"] = statistics.median(times["torch"]["times"]) / seconds
+                    row["pct_float32_matmul_peak"] = 100 * gflops / peaks[slot["framework"], "float32"]
+                rows.append(row)
     memory = "RSS MB" if device == "cpu" else "GPU MB"
-    print(f"{'model':10} {'batch':>5} {'impl':23} {'s/step':>8} {'img/s':>8} {'x torch':>8} "
-          f"{'GFLOP/s':>8} {'% peak':>7} {memory:>8}")
+    # x torch: against PyTorch in the row's dtype; x f32 torch and % f32 peak: against PyTorch's
+    # float32 step and the float32 matmul (when float32 was timed too).
+    print(f"{'model':10} {'batch':>5} {'impl':23} {'s/step':>8} {'img/s':>8} {'x torch':>8} {'x f32 torch':>11} "
+          f"{'GFLOP/s':>8} {'% peak':>7} {'% f32 peak':>10} {memory:>8}")
     for r in rows:
         print(f"{r['model']:10} {r['batch']:>5} {r['impl']:23} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
-              f"{r['vs_torch']:>8.2f} {r['gflops']:>8.1f} {r['pct_matmul_peak']:>7.1f} {r['peak_rss_mb']:>8.0f}")
+              f"{r['vs_torch']:>8.2f} {r.get('vs_torch_float32', float('nan')):>11.2f} {r['gflops']:>8.1f} "
+              f"{r['pct_matmul_peak']:>7.1f} {r.get('pct_float32_matmul_peak', float('nan')):>10.1f} "
+              f"{r['peak_rss_mb']:>8.0f}")
     append_result(args.results, machine=machine(), matmul_gflops={f"{fw}/{d}": v for (fw, d), v in peaks.items()},
                   steps=args.steps, rounds=args.rounds, rows=rows)
     return 0

@@ -10,7 +10,8 @@ That config is an XLA internal whose encoding has changed between releases (olde
 spatial dimensions 1-based and windows with offsets), and a config oneDNN cannot read aborts the
 process. So before first use a child process runs a few oneDNN convolutions against
 `lax.conv_general_dilated` (`probe`); only if they agree is the custom call used, and the verdict
-is cached per jaxlib build. SLOT_JAX_ONEDNN=0 turns it off, =1 skips the probe.
+is cached per jaxlib build and operand dtype (float32, bfloat16: a oneDNN without bf16 kernels
+must not cost the float32 calls). SLOT_JAX_ONEDNN=0 turns it off, =1 skips the probe.
 """
 import functools
 import hashlib
@@ -51,16 +52,18 @@ def backend_config(window, stride: int, pads, epilogue=()) -> str:
         "feature_groups": 1, **fusions}}, separators=(",", ":"))
 
 
-def conv(x, kernel, stride: int, pads, bias=None, relu: bool = False):
-    """x [N, H, W, C] float32, kernel [kh, kw, C, O] -> [N, Ho, Wo, O], as lax.conv_general_dilated
-    with NHWC/HWIO/NHWC and explicit non-negative padding, then `+ bias` ([O]) and a ReLU if
-    given, both applied while the output is still in registers. Forward only: no autodiff rule."""
+def conv(x, kernel, stride: int, pads, bias=None, relu: bool = False, out_dtype=None):
+    """x [N, H, W, C], kernel [kh, kw, C, O] of one dtype -> [N, Ho, Wo, O], as
+    lax.conv_general_dilated with NHWC/HWIO/NHWC and explicit non-negative padding, then `+ bias`
+    ([O]) and a ReLU if given, both applied while the output is still in registers. oneDNN
+    accumulates in float32; `out_dtype` (default x's) may keep a bfloat16 convolution's result in
+    float32. Forward only: no autodiff rule."""
     kh, kw = kernel.shape[:2]
     (top, bottom), (left, right) = pads
     n, h, w, _ = x.shape
     out_h = (h + top + bottom - kh) // stride + 1
     out_w = (w + left + right - kw) // stride + 1
-    result = jax.ShapeDtypeStruct((n, out_h, out_w, kernel.shape[3]), x.dtype)
+    result = jax.ShapeDtypeStruct((n, out_h, out_w, kernel.shape[3]), out_dtype or x.dtype)
     epilogue = ("BIAS",) * (bias is not None) + ("RELU",) * relu
     call = jax.ffi.ffi_call(TARGET, result, custom_call_api_version=1, vmap_method="sequential",
                             legacy_backend_config=backend_config((kh, kw), stride, pads, epilogue))
@@ -68,54 +71,75 @@ def conv(x, kernel, stride: int, pads, bias=None, relu: bool = False):
 
 
 def supports(x, kernel, pads) -> bool:
-    """Whether `conv` can compute this case: float32, non-negative padding (`available` says
-    whether this process may call it at all)."""
-    return x.dtype == jnp.float32 and kernel.dtype == jnp.float32 and min(min(p) for p in pads) >= 0
+    """Whether `conv` can compute this case: float32 or bfloat16 operands of one dtype,
+    non-negative padding (`available(dtype)` says whether this process may call it)."""
+    return (x.dtype == kernel.dtype and x.dtype.name in PROBE_CASES
+            and min(min(p) for p in pads) >= 0)
 
 
-# Cases for the probe: (N, H, W, C, O, (kh, kw), stride, pads, with bias and ReLU). Asymmetric
-# sizes, windows and padding, so that a config read with the wrong axes or offsets cannot agree
-# by symmetry.
-PROBE_CASES = ((2, 9, 7, 3, 5, (3, 3), 1, ((1, 1), (1, 1)), False),
-               (3, 12, 10, 4, 6, (5, 5), 2, ((1, 2), (2, 1)), False),
-               (1, 6, 8, 8, 2, (1, 1), 1, ((0, 0), (0, 0)), False),
-               (2, 7, 9, 3, 4, (2, 3), 1, ((1, 0), (1, 1)), False),
-               (2, 8, 6, 5, 7, (3, 3), 1, ((1, 1), (0, 2)), True))
+def usable(x, kernel, pads) -> bool:
+    """Whether this process may compute this case with `conv`."""
+    return supports(x, kernel, pads) and available(x.dtype.name)
 
 
-def _probe_in_this_process() -> dict:
+# Cases for the probe, per operand dtype: (N, H, W, C, O, (kh, kw), stride, pads, with bias and
+# ReLU, output dtype). Asymmetric sizes, windows and padding, so that a config read with the
+# wrong axes or offsets cannot agree by symmetry.
+PROBE_CASES = {
+    "float32": ((2, 9, 7, 3, 5, (3, 3), 1, ((1, 1), (1, 1)), False, "float32"),
+                (3, 12, 10, 4, 6, (5, 5), 2, ((1, 2), (2, 1)), False, "float32"),
+                (1, 6, 8, 8, 2, (1, 1), 1, ((0, 0), (0, 0)), False, "float32"),
+                (2, 7, 9, 3, 4, (2, 3), 1, ((1, 0), (1, 1)), False, "float32"),
+                (2, 8, 6, 5, 7, (3, 3), 1, ((1, 1), (0, 2)), True, "float32")),
+    "bfloat16": ((3, 12, 10, 4, 6, (5, 5), 2, ((1, 2), (2, 1)), False, "bfloat16"),
+                 (2, 8, 6, 5, 7, (3, 3), 1, ((1, 1), (0, 2)), True, "bfloat16"),
+                 (2, 9, 7, 6, 3, (4, 5), 1, ((1, 2), (2, 2)), False, "float32")),
+}
+# Relative to the largest output: float32 accumulation differs in rounding only; a bfloat16
+# output is rounded to 8 significant bits (relative error <= 2^-8).
+PROBE_TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
+
+
+def _probe_in_this_process(dtype: str = "float32") -> dict:
     from jax import lax
     rng = np.random.default_rng(0)
-    worst = 0.0
-    for n, h, w, c, o, k, stride, pads, fused in PROBE_CASES:
-        x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
-        kernel = jnp.asarray(rng.standard_normal((*k, c, o)), jnp.float32)
-        bias = jnp.asarray(rng.standard_normal(o), jnp.float32) if fused else None
-        got = jax.jit(lambda x, k, b: conv(x, k, stride, pads, b, fused))(x, kernel, bias)
-        want = lax.conv_general_dilated(x, kernel, (stride, stride), pads,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    worst = {}
+    for n, h, w, c, o, k, stride, pads, fused, out_dtype in PROBE_CASES[dtype]:
+        x = jnp.asarray(rng.standard_normal((n, h, w, c)), dtype)
+        kernel = jnp.asarray(rng.standard_normal((*k, c, o)), dtype)
+        bias = jnp.asarray(rng.standard_normal(o), dtype) if fused else None
+        got = jax.jit(lambda x, k, b: conv(x, k, stride, pads, b, fused, out_dtype))(x, kernel, bias)
+        # The exact result on the same (rounded) operands.
+        want = lax.conv_general_dilated(x.astype(jnp.float32), kernel.astype(jnp.float32), (stride, stride), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=lax.Precision.HIGHEST)
         if fused:
-            want = jnp.maximum(want + bias, 0)
-        if got.shape != want.shape:
-            return {"ok": False, "why": f"shape {got.shape} != {want.shape}"}
-        worst = max(worst, float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want))))
-    return {"ok": worst < 1e-5, "why": f"largest relative difference {worst:.1e}"}
+            want = jnp.maximum(want + bias.astype(jnp.float32), 0)
+        if got.shape != want.shape or got.dtype != out_dtype:
+            return {"ok": False, "why": f"{got.dtype}{got.shape} != {out_dtype}{want.shape}"}
+        error = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want)) / jnp.max(jnp.abs(want)))
+        worst[out_dtype] = max(worst.get(out_dtype, 0.0), error)
+    ok = all(error < PROBE_TOLERANCE[d] for d, error in worst.items())
+    return {"ok": ok, "why": ", ".join(f"largest relative difference {e:.1e} ({d} outputs)" for d, e in worst.items())}
 
 
-def _cache_file() -> pathlib.Path:
+def _cache_file(dtype: str = "float32") -> pathlib.Path:
     import jaxlib
     # The cases are part of the key: a verdict reached on fewer cases is not reused.
-    build = f"{jaxlib.__version__} {jaxlib.__file__} {os.environ.get('XLA_FLAGS', '')} {sys.executable} {PROBE_CASES}"
+    build = (f"{jaxlib.__version__} {jaxlib.__file__} {os.environ.get('XLA_FLAGS', '')} {sys.executable} "
+             f"{PROBE_CASES[dtype]} {PROBE_TOLERANCE}")
     digest = hashlib.sha256(build.encode()).hexdigest()[:16]
     root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-    return root / "slot_jax" / f"onednn_probe_{digest}.json"
+    return root / "slot_jax" / f"onednn_probe_{dtype}_{digest}.json"
 
 
-PROBE_CODE = "import json, slot_jax.onednn as o; print(json.dumps(o._probe_in_this_process()))"
+PROBE_CODE = "import json, slot_jax.onednn as o; print(json.dumps(o._probe_in_this_process({dtype!r})))"
 
 
-def probe(code: str = PROBE_CODE) -> dict:
-    """Runs `_probe_in_this_process` in a child process (a config oneDNN cannot read aborts it)."""
+def probe(code: str = "", dtype: str = "float32") -> dict:
+    """Runs `_probe_in_this_process(dtype)` (or `code`) in a child process (a config oneDNN cannot
+    read aborts it)."""
+    code = code or PROBE_CODE.format(dtype=dtype)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     root = str(pathlib.Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
@@ -129,15 +153,16 @@ def probe(code: str = PROBE_CODE) -> dict:
 
 
 @functools.cache
-def available() -> bool:
-    """Whether this process may call oneDNN's convolution (probed once per jaxlib build)."""
+def available(dtype: str = "float32") -> bool:
+    """Whether this process may call oneDNN's convolution on `dtype` operands (probed once per
+    jaxlib build and dtype)."""
     switch = os.environ.get(SWITCH, "")
     if switch == "0" or jax.default_backend() != "cpu":
         return False
     if switch == "1":
         return True
     try:
-        cache = _cache_file()
+        cache = _cache_file(dtype)
     except RuntimeError:  # no home directory to cache in
         cache = None
     if cache is not None:
@@ -145,7 +170,7 @@ def available() -> bool:
             return bool(json.loads(cache.read_text())["ok"])
         except (OSError, ValueError, KeyError):  # not probed yet, or unreadable
             pass
-    verdict = probe()
+    verdict = probe(dtype=dtype)
     if cache is not None and not verdict.get("transient"):
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from slot_jax import onednn
 # Tests of slot_jax's oneDNN calls skip where this jaxlib cannot run them.
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason=(
     "XLA:CPU's oneDNN convolution is not usable in this jaxlib (its probe failed, or SLOT_JAX_ONEDNN=0)"))
+needs_onednn_bf16 = pytest.mark.skipif(not onednn.available("bfloat16"), reason=(
+    "XLA:CPU's oneDNN convolution is not usable on bfloat16 here (its bfloat16 probe failed, or SLOT_JAX_ONEDNN=0)"))
 
 SHARED_REAL = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

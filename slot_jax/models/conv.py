@@ -23,10 +23,12 @@ the activations as the kernel instead, which only needs the (smaller) output gra
 and the activations regrouped in whole channel vectors. It wins when C_out << C_in.
 
 A fifth, `onednn`, runs the forward pass and the input gradient with oneDNN's convolution, which
-jaxlib's XLA:CPU carries (slot_jax/onednn.py), and keeps XLA's weight gradient (or swap_wgrad's):
-oneDNN's forward convolution cannot compute that one. It computes that gradient over chunks of
-the batch that fit in the cache (`batch_chunk`). It falls back to the choice below where
-oneDNN cannot run (not float32, negative padding, not the CPU, or its probe failed).
+jaxlib's XLA:CPU carries (slot_jax/onednn.py). In float32 it keeps XLA's weight gradient (or
+swap_wgrad's), over chunks of the batch that fit in the cache (`batch_chunk`). In bfloat16,
+where oneDNN's AVX512_BF16 kernels run twice as fast as float32 and XLA's do not, the weight
+gradient of a stride-1 layer runs on oneDNN too, as a forward convolution with the images as
+its input features (`weight_gradient_on_onednn`). It falls back to the choice below where oneDNN
+cannot run (not float32 or bfloat16, negative padding, not the CPU, or its probe failed).
 
 'auto' keeps XLA's native convolution off the CPU (GPU and TPU convolutions are fast). On a
 one-device CPU with Eigen convolutions (slot_jax/xla_cpu.py) it picks `onednn` where the probe
@@ -114,7 +116,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, padding: Paddin
         raise ValueError(f"square kernels only, got {kernel.shape[:2]}")
     pads = _paddings(x.shape, k, stride, padding)
     impl = resolve_conv_impl(impl, kernel.shape[2], kernel.shape[3], stride, k, min(x.shape[1:3]))
-    if impl == "onednn" and onednn.supports(x, kernel, pads) and onednn.available():
+    if impl == "onednn" and onednn.usable(x, kernel, pads):
         if onednn.EPILOGUE and (bias is not None or relu):
             return _conv_epilogue(x, kernel, jnp.zeros(kernel.shape[3], x.dtype) if bias is None else bias,
                                   stride, pads, relu)
@@ -241,6 +243,8 @@ def _onednn_backward(stride, pads, residuals, dy):
         dx = onednn.conv(dy_cropped, flipped, 1, back)
     else:
         dx = input_gradient_by_phases(dy, kernel, stride, pads, x.shape, conv=onednn.conv)
+    if stride == 1 and weight_gradient_on_onednn_pays(x.dtype):
+        return dx, weight_gradient_on_onednn(x, dy, pads)
     swapped = _without_onednn(kernel.shape, stride, min(x.shape[1:3])) == "swap_wgrad"
     # XLA computes a weight gradient as a convolution with the images innermost, so it first
     # transposes the layer's input and output gradient: strided copies of its largest tensors. In
@@ -309,6 +313,38 @@ def weight_gradient_by_chunks(x, dy, kernel, stride: int, pads, chunk: int, swap
 
 
 _conv_onednn.defvjp(_onednn_forward, _onednn_backward)
+
+# Whether bfloat16 weight gradients of stride-1 layers run on oneDNN (read at trace time;
+# benchmarks turn it off to time the same step with XLA's).
+ONEDNN_WEIGHT_GRADIENT = True
+# Image pixels per chunk of that gradient (its reduction length): on a 2-core AVX512_BF16 CPU,
+# 5x5 layers ran fastest at 8 images of 64x64 (302 GFLOP/s), 4 of 128x128 (316) and 32 of 32x32
+# (356), 1.5-2x XLA's bfloat16 weight gradient.
+WEIGHT_GRADIENT_PIXELS = 1 << 15
+
+
+def weight_gradient_on_onednn_pays(dtype) -> bool:
+    """In float32 oneDNN's weight gradient was no faster than XLA's (0.7-1.1x on 5x5 layers),
+    since both run at float32 FMA speed; in bfloat16 only oneDNN's uses the bf16 dot products."""
+    return ONEDNN_WEIGHT_GRADIENT and dtype == jnp.bfloat16
+
+
+def onednn_weight_gradient_chunk(batch: int, pixels: int) -> int:
+    """Images per chunk of `weight_gradient_on_onednn` for images of `pixels` pixels."""
+    return min(max(1, round(WEIGHT_GRADIENT_PIXELS / pixels)), batch)
+
+
+def weight_gradient_on_onednn(x, dy, pads, out_dtype=None):
+    """dW of a stride-1 convolution with padding `pads` (>= 0), dW[i, j, c, o] =
+    sum_{n,h,w} xpad[n, h+i, w+j, c] dy[n, h, w, o]: itself a forward convolution of x, with x's
+    channels as the batch and its images as the input features, by dy as the kernel (whole
+    output images as its window). Accumulated in float32 over batch chunks of about
+    WEIGHT_GRADIENT_PIXELS pixels; returned in `out_dtype` (default x's)."""
+    chunk = onednn_weight_gradient_chunk(x.shape[0], dy.shape[1] * dy.shape[2])
+    parts = [onednn.conv(x[part].transpose(3, 1, 2, 0), dy[part].transpose(1, 2, 0, 3), 1, pads,
+                         out_dtype=jnp.float32)  # [C, kh, kw, O]
+             for part in chunk_slices(x.shape[0], chunk)]
+    return functools.reduce(jnp.add, parts).transpose(1, 2, 0, 3).astype(out_dtype or x.dtype)
 
 
 # Bias and ReLU as oneDNN post-ops: applied to each output tile while it is in registers, which

@@ -24,7 +24,8 @@ import numpy as np
 from slot_jax import onednn
 from slot_jax.models.conv import (
     cast_to, chunk_slices, conv2d, crop_negative_padding, depth_to_space, epilogue, epilogue_gradient, example_chunk,
-    native_conv, resolve_conv_impl, weight_gradient_by_chunks)
+    native_conv, onednn_weight_gradient_chunk, resolve_conv_impl, weight_gradient_by_chunks,
+    weight_gradient_on_onednn, weight_gradient_on_onednn_pays)
 
 
 def conv_transpose_same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
@@ -133,7 +134,10 @@ def _by_phases_backward(stride, use_onednn, relu, residuals, dy):
     dx = (onednn.conv if use_onednn else native_conv)(cropped, flipped, stride, pads)
     chunk = example_chunk(0, x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
     if WEIGHT_GRADIENT_BY_PHASES:
-        return dx, weight_gradient_by_phases(x, dy, k, stride, chunk), d_bias
+        on_onednn = use_onednn and weight_gradient_on_onednn_pays(x.dtype)
+        if on_onednn:
+            chunk = onednn_weight_gradient_chunk(x.shape[0], x.shape[1] * x.shape[2])
+        return dx, weight_gradient_by_phases(x, dy, k, stride, chunk, on_onednn), d_bias
     d_flipped = weight_gradient_by_chunks(cropped, x, flipped, stride, pads, chunk)
     return dx, jnp.flip(d_flipped, (0, 1)).transpose(0, 1, 3, 2), d_bias
 
@@ -146,10 +150,11 @@ _by_phases.defvjp(_by_phases_forward, _by_phases_backward)
 WEIGHT_GRADIENT_BY_PHASES = True
 
 
-def weight_gradient_by_phases(x, dy, kernel_size: int, stride: int, chunk: int):
+def weight_gradient_by_phases(x, dy, kernel_size: int, stride: int, chunk: int, on_onednn: bool = False):
     """The kernel gradient of the transposed convolution, phase by phase: the taps of phase
     (ry, rx) get the weight gradient of that phase's stride-1 convolution of x, whose output
-    gradient is dy[:, ry::s, rx::s]. Summed over batch chunks of `chunk`."""
+    gradient is dy[:, ry::s, rx::s]. Summed over batch chunks of `chunk`, each phase's gradient
+    on oneDNN (`weight_gradient_on_onednn`, float32 sums) if `on_onednn`, else XLA's."""
     windows = phase_windows(kernel_size, stride)
     c_in, c_out = x.shape[3], dy.shape[3]
 
@@ -157,16 +162,21 @@ def weight_gradient_by_phases(x, dy, kernel_size: int, stride: int, chunk: int):
         grads = []
         for ry, (taps_y, pads_y) in enumerate(windows):
             for rx, (taps_x, pads_x) in enumerate(windows):
-                zero = jnp.zeros((len(taps_y), len(taps_x), c_in, c_out), x.dtype)
-                _, vjp = jax.vjp(lambda w: native_conv(x, w, 1, (pads_y, pads_x)), zero)
-                grads.append(vjp(dy[:, ry::stride, rx::stride])[0].reshape(-1, c_in, c_out))
+                dy_phase = dy[:, ry::stride, rx::stride]
+                if on_onednn:
+                    grad = weight_gradient_on_onednn(x, dy_phase, (pads_y, pads_x), jnp.float32)
+                else:
+                    zero = jnp.zeros((len(taps_y), len(taps_x), c_in, c_out), x.dtype)
+                    _, vjp = jax.vjp(lambda w: native_conv(x, w, 1, (pads_y, pads_x)), zero)
+                    grad = vjp(dy_phase)[0]
+                grads.append(grad.reshape(-1, c_in, c_out))
         return jnp.concatenate(grads)
 
     parts = [phase_gradients(x[part], dy[part]) for part in chunk_slices(x.shape[0], chunk)]
     flat = functools.reduce(jnp.add, parts)  # [taps, C_in, C_out], phase after phase
     tap_order = np.concatenate([(taps_y[:, None] * kernel_size + taps_x[None, :]).ravel()
                                 for taps_y, _ in windows for taps_x, _ in windows])
-    return flat[np.argsort(tap_order)].reshape(kernel_size, kernel_size, c_in, c_out)
+    return flat[np.argsort(tap_order)].reshape(kernel_size, kernel_size, c_in, c_out).astype(x.dtype)
 
 
 def conv_transpose_by_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: str = "SAME",
@@ -179,7 +189,7 @@ def conv_transpose_by_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride: int, p
         return epilogue(conv_transpose_subpixel(x, kernel, stride, padding, conv_impl), bias, relu)
     kernel = kernel.astype(x.dtype)
     use_onednn = (resolve_conv_impl(conv_impl, kernel.shape[2], kernel.shape[3], 1, k, min(x.shape[1:3])) == "onednn"
-                  and onednn.supports(x, kernel, ((0, 0), (0, 0))) and onednn.available())
+                  and onednn.usable(x, kernel, ((0, 0), (0, 0))))
     if use_onednn and onednn.EPILOGUE:
         return _by_phases(x, kernel, None if bias is None else bias.astype(x.dtype), stride, True, relu)
     return epilogue(_by_phases(x, kernel, None, stride, use_onednn, False), bias, relu)

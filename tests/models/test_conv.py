@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SA_CONFIG, TINY_OVERRIDES, needs_onednn
+from conftest import SA_CONFIG, TINY_OVERRIDES, needs_onednn, needs_onednn_bf16
 from slot_jax import onednn, xla_cpu
 from slot_jax.config_loader import config_from_args
 from slot_jax.models import conv as conv_lib
@@ -221,13 +221,63 @@ def test_onednn_chunks_its_weight_gradient_over_the_batch(monkeypatch, c_out):
 def test_onednn_falls_back_where_it_cannot_run():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 6))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 6, 4))
-    half = (x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    half = (x.astype(jnp.float16), kernel.astype(jnp.float16))
     assert onednn.TARGET not in _lowered(lambda x, w: conv2d(x, w, 1, "SAME", "onednn"), *half)
     np.testing.assert_array_equal(conv2d(*half, 1, "SAME", "onednn"), conv2d(*half, 1, "SAME", "native"))
     cropping = ((-1, 1), (1, -1))  # negative padding crops; oneDNN's padding cannot
     assert onednn.TARGET not in _lowered(lambda x, w: conv2d(x, w, 1, cropping, "onednn"), x, kernel)
     np.testing.assert_allclose(conv2d(x, kernel, 1, cropping, "onednn"), conv2d(x, kernel, 1, cropping, "native"),
                                rtol=1e-6, atol=1e-6)
+
+
+def _rounded(*arrays):
+    """The arrays in bfloat16, and the float32 values they hold (what a bf16 convolution reads)."""
+    half = [a.astype(jnp.bfloat16) for a in arrays]
+    return half, [h.astype(jnp.float32) for h in half]
+
+
+@needs_onednn
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 3))])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=needs_onednn_bf16)])
+def test_weight_gradient_on_onednn_matches_the_definition(kernel_size, padding, dtype, monkeypatch):
+    x = jax.random.normal(jax.random.PRNGKey(kernel_size), (5, 9, 8, 3))
+    kernel = jnp.zeros((kernel_size, kernel_size, 3, 4))
+    pads = conv_lib._paddings(x.shape, kernel_size, 1, padding)
+    cotangent = jax.random.normal(jax.random.PRNGKey(9), conv2d(x, kernel, 1, padding, "native").shape)
+    (x, cotangent), exact = _rounded(x, cotangent) if dtype == "bfloat16" else ((x, cotangent), (x, cotangent))
+    expected = _reference(*exact[:1], kernel, 1, padding, exact[1])[2]
+    pixels = cotangent.shape[1] * cotangent.shape[2]
+    for images in (5, 2):  # one chunk; chunks of 2, 2 and 1 images, summed in float32
+        monkeypatch.setattr(conv_lib, "WEIGHT_GRADIENT_PIXELS", images * pixels)
+        dw = jax.jit(lambda x, g: conv_lib.weight_gradient_on_onednn(x, g, pads, jnp.float32))(x, cotangent)
+        assert dw.dtype == jnp.float32 and dw.shape == kernel.shape
+        np.testing.assert_allclose(dw, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("stride, padding", [(1, "SAME"), (1, ((2, 0), (1, 3))), (2, ((2, 0), (1, 3)))])
+def test_bfloat16_on_onednn_matches_the_definition(stride, padding):
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 8, 6))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 6, 5)) * 0.3
+    bias = jax.random.normal(jax.random.PRNGKey(2), (5,))
+    (x, kernel, bias), (x32, kernel32, bias32) = _rounded(x, kernel, bias)
+    fn = jax.jit(lambda x, w, b: conv2d(x, w, stride, padding, "onednn", b, relu=True))
+    y, vjp = jax.vjp(fn, x, kernel, bias)
+    cotangent = jax.random.normal(jax.random.PRNGKey(9), y.shape).astype(jnp.bfloat16)
+    z = _reference(x32, kernel32, stride, padding, cotangent)[0] + np.asarray(bias32, np.float64)
+    dz = np.where(z > 0, np.asarray(cotangent, np.float64), 0.0)
+    _, expected_dx, expected_dw = _reference(x32, kernel32, stride, padding, dz)
+    dx, dw, db = vjp(cotangent)
+    assert y.dtype == dx.dtype == dw.dtype == db.dtype == jnp.bfloat16
+    # Sums in float32, each result rounded once to bf16's 8 significant bits (2^-8 relative).
+    for got, want in ((y, np.maximum(z, 0)), (dx, expected_dx), (dw, expected_dw), (db, dz.sum((0, 1, 2)))):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8, atol=1e-6 * np.abs(want).max())
+    # Forward, input and (at stride 1) weight gradient all on oneDNN; XLA's weight gradient at stride 2.
+    grad = _lowered(jax.grad(lambda x, w, b: jnp.sum(fn(x, w, b).astype(jnp.float32) ** 2), argnums=(0, 1, 2)),
+                    x, kernel, bias)
+    assert grad.count(onednn.TARGET) == (3 if stride == 1 else 2)
+    assert ("stablehlo.convolution" in grad) == (stride == 2)
 
 
 def test_onednn_probe_reports_a_crashing_or_disagreeing_child():
@@ -250,7 +300,7 @@ def test_onednn_probe_reports_a_crashing_or_disagreeing_child():
 def test_onednn_switch_and_cached_verdict(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
-    monkeypatch.setattr(onednn, "probe", lambda: calls.append(1) or {"ok": False, "why": "test"})
+    monkeypatch.setattr(onednn, "probe", lambda dtype: calls.append(1) or {"ok": False, "why": "test"})
     try:
         monkeypatch.setenv(onednn.SWITCH, "0")
         onednn.available.cache_clear()
@@ -269,7 +319,7 @@ def test_onednn_probe_that_did_not_run_is_not_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv(onednn.SWITCH, "")
     calls = []
-    monkeypatch.setattr(onednn, "probe", lambda: calls.append(1) or {"ok": False, "why": "busy", "transient": True})
+    monkeypatch.setattr(onednn, "probe", lambda dtype: calls.append(1) or {"ok": False, "why": "busy", "transient": True})
     try:
         for expected_calls in (1, 2):
             onednn.available.cache_clear()

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SA_CONFIG, TINY_OVERRIDES
+from conftest import SA_CONFIG, TINY_OVERRIDES, needs_onednn_bf16
+from slot_jax import onednn
 from slot_jax.config_loader import config_from_args
 from slot_jax.models.autoencoder import build_autoencoder, reconstruction_loss
 
@@ -70,3 +71,23 @@ def test_bfloat16_gradients_are_float32_and_point_the_same_way():
     flat16 = jnp.concatenate([g.ravel() for g in leaves16])
     cosine = float(flat32 @ flat16 / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16)))
     assert cosine > 0.99, cosine
+
+
+@needs_onednn_bf16
+def test_bfloat16_on_onednn_runs_every_convolution_there_and_trains_like_float32():
+    image = jax.random.uniform(jax.random.PRNGKey(0), (4, 35, 35, 3))
+    on_onednn = {"model.conv_impl": "onednn", "model.decoder.upsample": "auto"}
+    f32, bf16 = _model("float32", **on_onednn), _model("bfloat16", **on_onednn)
+    params = f32.init({"params": jax.random.PRNGKey(1), "slots": jax.random.PRNGKey(2)}, image)["params"]
+    loss32, grads32 = _loss_and_grads(f32, params, image)
+    loss16, grads16 = _loss_and_grads(bf16, params, image)
+    assert abs(float(loss16 - loss32)) < 0.02 * float(loss32)
+    flat32 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads32)])
+    flat16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads16)])
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))
+    assert float(flat32 @ flat16 / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16))) > 0.99
+    # Forward, input and weight gradients: oneDNN calls on bf16 operands, no XLA convolution left.
+    hlo = jax.jit(lambda p: _loss_and_grads(bf16, p, image)).lower(params).as_text()
+    calls = [line for line in hlo.splitlines() if onednn.TARGET in line and "stablehlo.custom_call" in line]
+    assert len(calls) > 10 and all("bf16" in line for line in calls)
+    assert "stablehlo.convolution" not in hlo

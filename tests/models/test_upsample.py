@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import needs_onednn
+from conftest import needs_onednn, needs_onednn_bf16
 from slot_jax import onednn
 from slot_jax.models import decoder as decoder_lib
 from slot_jax.models import upsample
@@ -139,14 +139,39 @@ def test_by_phases_with_bias_and_relu_matches_the_definition(kernel, stride, con
 
 
 @pytest.mark.parametrize("kernel,stride", [(5, 2), (4, 2), (2, 2), (3, 3), (5, 3)])
-def test_kernel_gradient_by_phases_in_chunks_matches_the_definition(kernel, stride):
+@pytest.mark.parametrize("on_onednn", [False, pytest.param(True, marks=needs_onednn)])
+def test_kernel_gradient_by_phases_in_chunks_matches_the_definition(kernel, stride, on_onednn):
     x = jax.random.normal(jax.random.PRNGKey(kernel), (5, 6, 7, 3))
     w = jnp.zeros((kernel, kernel, 3, 4))
     dy = jax.random.normal(jax.random.PRNGKey(stride), (5, 6 * stride, 7 * stride, 4))
     expected = _transpose_reference(x, w, stride, dy)[2]
     for chunk in (5, 2):  # one chunk; chunks of 2, 2 and 1 images
-        dw = jax.jit(weight_gradient_by_phases, static_argnums=(2, 3, 4))(x, dy, kernel, stride, chunk)
+        dw = jax.jit(weight_gradient_by_phases, static_argnums=(2, 3, 4, 5))(x, dy, kernel, stride, chunk, on_onednn)
         np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("kernel,stride", [(5, 2), (4, 2), (3, 3)])
+def test_by_phases_in_bfloat16_on_onednn_matches_the_definition(kernel, stride):
+    half = [a.astype(jnp.bfloat16) for a in (jax.random.normal(jax.random.PRNGKey(kernel), (3, 7, 5, 4)),
+                                             jax.random.normal(jax.random.PRNGKey(stride), (kernel, kernel, 4, 6)) * 0.3,
+                                             jax.random.normal(jax.random.PRNGKey(3), (6,)))]
+    x, w, b = (np.asarray(a, np.float64) for a in half)  # the values a bf16 convolution reads
+    fn = jax.jit(lambda x, w, b: conv_transpose_by_phases(x, w, stride, "SAME", "onednn", b, relu=True))
+    y, vjp = jax.vjp(fn, *half)
+    cotangent = jax.random.normal(jax.random.PRNGKey(9), y.shape).astype(jnp.bfloat16)
+    z = _transpose_reference(x, w, stride, cotangent)[0] + b
+    dz = np.where(z > 0, np.asarray(cotangent, np.float64), 0.0)
+    _, expected_dx, expected_dw = _transpose_reference(x, w, stride, dz)
+    dx, dw, db = vjp(cotangent)
+    assert y.dtype == dx.dtype == dw.dtype == db.dtype == jnp.bfloat16
+    # Sums in float32, each result rounded once to bf16's 8 significant bits (2^-8 relative).
+    for got, want in ((y, np.maximum(z, 0)), (dx, expected_dx), (dw, expected_dw), (db, dz.sum((0, 1, 2)))):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2 ** -8, atol=1e-6 * np.abs(want).max())
+    # Each phase's convolution, the input gradient and each phase's kernel gradient on oneDNN.
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, half[2]).astype(jnp.float32) ** 2), argnums=(0, 1)))
+    lowered = grad.lower(*half[:2]).as_text()
+    assert lowered.count(onednn.TARGET) == 2 * stride * stride + 1 and "stablehlo.convolution" not in lowered
 
 
 @pytest.mark.parametrize("stride", [2, 3, 4])
@@ -174,11 +199,15 @@ def test_by_phases_runs_each_phase_and_the_input_gradient_on_onednn():
     assert onednn.TARGET not in lowered(lambda x, w: conv_transpose_by_phases(x, w, 2, "SAME", "native"))
 
 
-def test_auto_upsampling_goes_by_phases_only_on_onednn_in_float32(monkeypatch):
+def test_auto_upsampling_goes_by_phases_only_where_onednn_runs_that_dtype(monkeypatch):
     for impl in ("transpose", "subpixel", "phases"):
         assert resolve_upsample(impl) == impl
     monkeypatch.setattr(decoder_lib, "resolve_conv_impl", lambda impl, *shape: "onednn")
+    monkeypatch.setattr(onednn, "available", lambda dtype="float32": True)
     assert resolve_upsample("auto") == "phases"
-    assert resolve_upsample("auto", dtype=jnp.bfloat16) == "subpixel"
+    assert resolve_upsample("auto", dtype=jnp.bfloat16) == "phases"
+    assert resolve_upsample("auto", dtype=jnp.float16) == "subpixel"  # oneDNN is not called on float16
+    monkeypatch.setattr(onednn, "available", lambda dtype="float32": dtype == "float32")
+    assert resolve_upsample("auto", dtype=jnp.bfloat16) == "subpixel"  # a oneDNN without bf16 kernels
     monkeypatch.setattr(decoder_lib, "resolve_conv_impl", lambda impl, *shape: "native")
     assert resolve_upsample("auto") == "subpixel"

@@ -2,8 +2,8 @@
 the samplers' images/s in JAX.
 
     python benchmarks/diffusion_speed.py [--part train,sampling] [--quick]
-        train:    [--unets quick,report] [--batches 8,32] [--jax_variants auto+ynn,auto]
-                  [--rounds 2] [--steps 4] [--warmup 2] [--full_step] [--no_compile_cache]
+        train:    [--unets quick,report] [--batches 8,32] [--jax_variants auto+ynn,auto,auto+bf16]
+                  [--torch_bf16] [--rounds 2] [--steps 4] [--warmup 2] [--full_step] [--no_compile_cache]
         sampling: [--sample_runs quick:ddpm:1000,quick:ddim:50,...] [--sample_batch 8]
                   [--sample_warmup_below 5] [--sample_repeats 1] [--sample_variant auto]
 
@@ -14,8 +14,11 @@ random slots. JAX runs the project's step pattern, jitted with the state donated
 through training.step.apply_gradients_if_finite, which also takes the gradient and update
 norms), once per conv lowering in --jax_variants (`auto`, what the configs use, `native`, XLA's
 own convolution, ...; a "+ynn" suffix keeps XLA's YNNPACK convolutions instead of the Eigen ones
-slot_jax selects, see slot_jax/xla_cpu.py); PyTorch runs benchmarks/torch_unet_twin.py eagerly with torch.optim.Adam. The
-twin computes the same function (tests/models/test_torch_unet_twin.py), so the two do equal work.
+slot_jax selects, see slot_jax/xla_cpu.py; "+bf16" computes the convolutions in bfloat16); PyTorch
+runs benchmarks/torch_unet_twin.py eagerly with torch.optim.Adam (and with --torch_bf16 also under
+bfloat16 autocast, "torch/bf16"). The twin computes the same function
+(tests/models/test_torch_unet_twin.py), so the two do equal work. JAX/torch is against PyTorch's
+float32 step.
 --full_step adds, JAX only, the whole slot-diffusion step of training/diffusion_step.py (CNN
 encoder + Slot Attention on the dataset's images, a randomly initialised frozen VAE encoder, the
 UNet): not comparable to the UNet-only rows, so its JAX/torch column is left empty. JAX's weights
@@ -71,11 +74,23 @@ QUICK_DEFAULTS = dict(unets="quick", batches="8", rounds=1, steps=2, warmup=1,
 LEARNING_RATE = 4e-4
 
 
+BF16_SUFFIX = "+bf16"  # a JAX variant whose encoder and UNet convolutions compute in bfloat16
+
+
 def diffusion_config(unet: str, conv_impl: str = "auto"):
     from slot_jax.config_loader import config_from_args
-    conv_impl = strip_suffixes(conv_impl)
+    dtype = "bfloat16" if BF16_SUFFIX in conv_impl else "float32"
+    conv_impl = strip_suffixes(conv_impl.replace(BF16_SUFFIX, ""))
     return config_from_args(f"{CONFIG}:{unet}", {
-        "model.unet.conv_impl": conv_impl, "model.conv_impl": conv_impl, "vae.model.conv_impl": conv_impl})
+        "model.unet.conv_impl": conv_impl, "model.conv_impl": conv_impl, "vae.model.conv_impl": conv_impl,
+        "model.compute_dtype": dtype})
+
+
+def build_config_unet(config):
+    """The config's UNet, computing in the config's model.compute_dtype."""
+    from slot_jax.models.autoencoder import compute_dtype
+    from slot_jax.models.unet import build_unet
+    return build_unet(config.model.unet, compute_dtype(config.model))
 
 
 def latent_shape(config) -> tuple:
@@ -181,12 +196,11 @@ def jax_train_worker(args) -> dict:
     import jax.numpy as jnp
 
     from slot_jax.models.diffusion import make_schedule
-    from slot_jax.models.unet import build_unet
     from slot_jax.training.state import state_from_params
 
     config = diffusion_config(args.unet, args.jax_variant)
     d = config.diffusion
-    model, optimizer = build_unet(config.model.unet), _optimizer(config)
+    model, optimizer = build_config_unet(config), _optimizer(config)
     schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
     x0, slots = map(jnp.asarray, _random_inputs(config, args.batch))
 
@@ -252,7 +266,10 @@ def torch_train_worker(args) -> dict:
         noise = torch.randn_like(x0)
         a = alpha_bar[t][:, None, None, None]
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = torch.mean((model(x_t, t, slots) - noise) ** 2)
+        # torch/bf16: the twin under CPU autocast (convolutions and matmuls in bfloat16).
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.torch_bf16):
+            prediction = model(x_t, t, slots)
+        loss = torch.mean((prediction.float() - noise) ** 2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -271,11 +288,10 @@ def sample_worker(args) -> dict:
     import jax.numpy as jnp
 
     from slot_jax.models import diffusion
-    from slot_jax.models.unet import build_unet
 
     config = diffusion_config(args.unet, args.jax_variant)
-    d, m = config.diffusion, config.model
-    model = build_unet(m.unet)
+    d = config.diffusion
+    model = build_config_unet(config)
     schedule = diffusion.make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
     shape = (args.batch, *latent_shape(config))
     _, slots = _random_inputs(config, args.batch)
@@ -326,7 +342,8 @@ def run_train(args, peaks: dict) -> list:
     has_torch = importlib.util.find_spec("torch") is not None
     if not has_torch:
         print("torch is not installed: the train part times JAX only")
-    entries = ([("torch", "torch", "train")] if has_torch else []) + [
+    torch_entries = [("torch", "torch", "train")] + ([("torch/bf16", "torch", "train")] if args.torch_bf16 else [])
+    entries = (torch_entries if has_torch else []) + [
         (f"jax/{v}", v, "train") for v in args.jax_variants.split(",")]
     if args.full_step:
         entries.append(("jax-full/auto", "auto", "full_step"))
@@ -352,10 +369,11 @@ def _train_rows(args, peaks, entries, unet) -> list:
         times = {}
         for round_index in range(args.rounds):
             for label, variant, task in (entries if round_index % 2 == 0 else entries[::-1]):
-                framework = "torch" if label == "torch" else "jax"
+                framework = "torch" if label.startswith("torch") else "jax"
                 print(f"  train {unet} batch {batch} {label} (round {round_index + 1})", flush=True)
                 result = worker("--task", task, "--framework", framework, "--unet", unet, "--batch", str(batch),
-                                "--jax_variant", variant, *common, variant=variant)
+                                "--jax_variant", variant, *common, *(["--torch_bf16"] * (label == "torch/bf16")),
+                                variant=variant)
                 slot = times.setdefault(label, {"times": [], "peak_rss_mb": 0.0,
                                                 "first_step_s": result["first_step_s"]})
                 slot["times"] += result["times"]
@@ -365,7 +383,7 @@ def _train_rows(args, peaks, entries, unet) -> list:
             seconds = statistics.median(slot["times"])
             full = label.startswith("jax-full")
             gflops = None if full else flops * batch / seconds / 1e9
-            peak = peaks.get("torch" if label == "torch" else "jax")
+            peak = peaks.get("torch" if label.startswith("torch") else "jax")
             rows.append({
                 "part": "train", "unet": unet, "batch": batch, "impl": label, "s_per_step": seconds,
                 "images_per_s": batch / seconds,
@@ -451,10 +469,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="8,32", help="train part")
     parser.add_argument("--jax_variants", default="auto+ynn,auto",
                         help="train part: model.unet.conv_impl values to time (auto, native, im2col, output_shift), "
-                             "each optionally with +ynn (XLA's YNNPACK convolutions)")
+                             "each optionally with +ynn (XLA's YNNPACK convolutions) and/or +bf16 (the "
+                             "convolutions in bfloat16, model.compute_dtype)")
     parser.add_argument("--rounds", type=int, default=2, help="train part: rounds of alternating implementations")
     parser.add_argument("--steps", type=int, default=4, help="train part: timed steps per worker")
     parser.add_argument("--warmup", type=int, default=2, help="train part: untimed steps per worker (compile)")
+    parser.add_argument("--torch_bf16", action="store_true",
+                        help="train part: also time the PyTorch twin under bfloat16 autocast (torch/bf16)")
     parser.add_argument("--full_step", action="store_true",
                         help="train part: also time the whole slot-diffusion step (JAX, random frozen VAE)")
     parser.add_argument("--no_compile_cache", dest="compile_cache", action="store_false",

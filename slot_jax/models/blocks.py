@@ -1,12 +1,12 @@
 """Convolutional blocks shared by the VAE and the denoising UNet."""
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from slot_jax.errors import UserError
-from slot_jax.models.conv import Conv, conv2d, resolve_conv_impl
+from slot_jax.models.conv import Conv, cast_to, conv2d, resolve_conv_impl
 from slot_jax.models.norm import GroupNorm
 from slot_jax.models.upsample import conv_transpose_by_phases
 
@@ -35,36 +35,39 @@ class ZeroConv(nn.Module):
     features: int
     kernel_size: Sequence[int] = (3, 3)
     impl: str = "auto"
+    dtype: Optional[Any] = None  # compute dtype, as in `Conv`
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         k = self.kernel_size[0]
         kernel = self.param("kernel", nn.initializers.zeros, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv2d(x, kernel, 1, "SAME", self.impl, bias)
+        return conv2d(*cast_to(self.dtype, x, kernel), 1, "SAME", self.impl, *cast_to(self.dtype, bias))
 
 
 class ResBlock(nn.Module):
     """GroupNorm, SiLU, conv3x3, [+ projected time embedding], GroupNorm, SiLU, conv3x3, plus
-    the input (through a 1x1 conv when the width changes)."""
+    the input (through a 1x1 conv when the width changes). The convolutions compute in `dtype`
+    (None: their input's); the norms and the residual sum in float32."""
 
     features: int
     num_groups: int = 8
     zero_init_last: bool = False  # the block starts as the identity (or the 1x1 skip)
     conv_impl: str = "auto"
+    dtype: Optional[Any] = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, time_emb: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         h = nn.silu(GroupNorm(self.num_groups, name="norm_in")(x))
-        h = Conv(self.features, (3, 3), impl=self.conv_impl, name="conv_in")(h)
+        h = Conv(self.features, (3, 3), impl=self.conv_impl, dtype=self.dtype, name="conv_in")(h)
         if time_emb is not None:
             h = h + nn.Dense(self.features, name="time_proj")(nn.silu(time_emb))[:, None, None, :]
         h = nn.silu(GroupNorm(self.num_groups, name="norm_out")(h))
         last = ZeroConv if self.zero_init_last else Conv
-        h = last(self.features, (3, 3), impl=self.conv_impl, name="conv_out")(h)
+        h = last(self.features, (3, 3), impl=self.conv_impl, dtype=self.dtype, name="conv_out")(h)
         if x.shape[-1] != self.features:
-            x = Conv(self.features, (1, 1), impl=self.conv_impl, name="skip")(x)
-        return x + h
+            x = Conv(self.features, (1, 1), impl=self.conv_impl, dtype=self.dtype, name="skip")(x)
+        return x.astype(jnp.float32) + h.astype(jnp.float32)
 
 
 class Downsample(nn.Module):
@@ -72,10 +75,11 @@ class Downsample(nn.Module):
 
     features: int
     conv_impl: str = "auto"
+    dtype: Optional[Any] = None  # compute dtype, as in `Conv`
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return Conv(self.features, (3, 3), strides=(2, 2), impl=self.conv_impl, name="conv")(x)
+        return Conv(self.features, (3, 3), strides=(2, 2), impl=self.conv_impl, dtype=self.dtype, name="conv")(x)
 
 
 # Row a of the 4-tap kernel sums the 3x3 taps that read the same input pixel after a nearest 2x
@@ -98,16 +102,19 @@ class NearestUpsampleConv(nn.Module):
 
     features: int
     impl: str = "auto"
+    dtype: Optional[Any] = None  # compute dtype, as in `Conv`
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         c_in = x.shape[-1]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c_in, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        x, bias = cast_to(self.dtype, x, bias)
         if resolve_conv_impl(self.impl, c_in, self.features, 1, 3, 2 * min(x.shape[1:3])) == "onednn":
+            # The 4x4 kernel's taps are sums of 3x3 ones: summed in float32, rounded once.
             return conv_transpose_by_phases(x, nearest_upsample_kernel(kernel), 2, "SAME", self.impl, bias)
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return conv2d(x, kernel, 1, "SAME", self.impl, bias)
+        return conv2d(x, kernel.astype(x.dtype), 1, "SAME", self.impl, bias)
 
 
 class Upsample(nn.Module):
@@ -116,7 +123,8 @@ class Upsample(nn.Module):
 
     features: int
     conv_impl: str = "auto"
+    dtype: Optional[Any] = None  # compute dtype, as in `Conv`
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        return NearestUpsampleConv(self.features, self.conv_impl, name="conv")(x)
+        return NearestUpsampleConv(self.features, self.conv_impl, self.dtype, name="conv")(x)

@@ -6,7 +6,7 @@ The VAE is not part of this module: it is trained first and frozen (see training
 import flax.linen as nn
 import jax.numpy as jnp
 
-from slot_jax.models.autoencoder import build_encoder, build_slot_attention, build_slot_init
+from slot_jax.models.autoencoder import build_encoder, build_slot_attention, build_slot_init, compute_dtype
 from slot_jax.models.unet import build_unet
 
 
@@ -38,4 +38,4 @@ def build_slot_diffusion(model_config) -> SlotDiffusionModel:
     """From `config.model` of configs/diffusion.py: the autoencoder's encoder fields plus `unet`."""
     m = model_config
     return SlotDiffusionModel(encoder=build_encoder(m), slot_init=build_slot_init(m),
-                              slot_attention=build_slot_attention(m), unet=build_unet(m.unet))
+                              slot_attention=build_slot_attention(m), unet=build_unet(m.unet, compute_dtype(m)))

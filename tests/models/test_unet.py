@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import needs_onednn
+from conftest import needs_onednn, needs_onednn_bf16
+from slot_jax import onednn
 from slot_jax.errors import UserError
 from slot_jax.models.unet import SlotUNet, TimeEmbedding, build_unet, sinusoidal_embedding
 
@@ -107,6 +108,38 @@ def test_onednn_convolutions_compute_the_same_unet(tiny):
     np.testing.assert_allclose(results["onednn"][0], results["native"][0], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
                  results["onednn"][1], results["native"][1])
+
+
+def _conv_operand_dtypes(fn, *args) -> set:
+    """The operand dtypes of every XLA convolution and every oneDNN call in fn's compiled HLO."""
+    hlo = jax.jit(fn).lower(*args).as_text()
+    lines = [line for line in hlo.splitlines()
+             if "stablehlo.convolution" in line or (onednn.TARGET in line and "custom_call" in line)]
+    # The operand types follow the last "->" (dim_numbers has one of its own).
+    return {dtype for line in lines for dtype in ("f32", "bf16") if f"x{dtype}>" in line.rsplit("->", 1)[0]}
+
+
+@pytest.mark.parametrize("impl", ["native", pytest.param("onednn", marks=needs_onednn_bf16)])
+def test_bfloat16_convolutions_keep_the_unet_close_to_float32(tiny, impl):
+    _, _, params, _ = tiny
+    x_t, t, slots = _inputs()
+    eps = jax.random.normal(jax.random.PRNGKey(5), x_t.shape)
+    results = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = SlotUNet(**TINY, conv_impl=impl, dtype=dtype)
+        loss = lambda p: jnp.mean(jnp.square(model.apply(p, x_t, t, slots) - eps))  # noqa: E731
+        prediction = jax.jit(model.apply)(params, x_t, t, slots)
+        results[dtype] = prediction, *jax.jit(jax.value_and_grad(loss))(params)
+        # Every convolution (forward and backward) reads operands of the compute dtype.
+        want = {"bf16"} if dtype == jnp.bfloat16 else {"f32"}
+        assert _conv_operand_dtypes(jax.value_and_grad(loss), params) == want
+    (out32, loss32, grads32), (out16, loss16, grads16) = results[jnp.float32], results[jnp.bfloat16]
+    assert out16.dtype == jnp.float32 and not np.array_equal(out16, out32)  # it did compute in bf16
+    assert float(jnp.abs(out16 - out32).max()) < 0.03 * float(jnp.abs(out32).max())
+    assert abs(float(loss16 - loss32)) < 0.02 * float(loss32)
+    flat32, flat16 = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(g)]) for g in (grads32, grads16))
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))
+    assert float(flat32 @ flat16 / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16))) > 0.99
 
 
 def test_batch_chunks_compute_the_same_unet():

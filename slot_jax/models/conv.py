@@ -317,10 +317,12 @@ _conv_onednn.defvjp(_onednn_forward, _onednn_backward)
 # Whether bfloat16 weight gradients of stride-1 layers run on oneDNN (read at trace time;
 # benchmarks turn it off to time the same step with XLA's).
 ONEDNN_WEIGHT_GRADIENT = True
-# Image pixels per chunk of that gradient (its reduction length): on a 2-core AVX512_BF16 CPU,
-# 5x5 layers ran fastest at 8 images of 64x64 (302 GFLOP/s), 4 of 128x128 (316) and 32 of 32x32
-# (356), 1.5-2x XLA's bfloat16 weight gradient.
+# Image pixels per chunk of that gradient (its reduction length), and the fewest images: on a
+# 2-core AVX512_BF16 CPU, 5x5 layers ran fastest at 8 images of 64x64 (302 GFLOP/s against 227 at
+# 4 and 282 at 16), 4 of 128x128 (316 against 273 at 8; 1.2x faster than 2) and 32 of 32x32 (356
+# against 284 at 8), 1.5-2x XLA's bfloat16 weight gradient.
 WEIGHT_GRADIENT_PIXELS = 1 << 15
+WEIGHT_GRADIENT_MIN_IMAGES = 4
 
 
 def weight_gradient_on_onednn_pays(dtype) -> bool:
@@ -331,7 +333,7 @@ def weight_gradient_on_onednn_pays(dtype) -> bool:
 
 def onednn_weight_gradient_chunk(batch: int, pixels: int) -> int:
     """Images per chunk of `weight_gradient_on_onednn` for images of `pixels` pixels."""
-    return min(max(1, round(WEIGHT_GRADIENT_PIXELS / pixels)), batch)
+    return min(max(WEIGHT_GRADIENT_MIN_IMAGES, round(WEIGHT_GRADIENT_PIXELS / pixels)), batch)
 
 
 def weight_gradient_on_onednn(x, dy, pads, out_dtype=None):
@@ -339,7 +341,8 @@ def weight_gradient_on_onednn(x, dy, pads, out_dtype=None):
     sum_{n,h,w} xpad[n, h+i, w+j, c] dy[n, h, w, o]: itself a forward convolution of x, with x's
     channels as the batch and its images as the input features, by dy as the kernel (whole
     output images as its window). Accumulated in float32 over batch chunks of about
-    WEIGHT_GRADIENT_PIXELS pixels; returned in `out_dtype` (default x's)."""
+    WEIGHT_GRADIENT_PIXELS pixels (at least WEIGHT_GRADIENT_MIN_IMAGES images); returned in
+    `out_dtype` (default x's)."""
     chunk = onednn_weight_gradient_chunk(x.shape[0], dy.shape[1] * dy.shape[2])
     parts = [onednn.conv(x[part].transpose(3, 1, 2, 0), dy[part].transpose(1, 2, 0, 3), 1, pads,
                          out_dtype=jnp.float32)  # [C, kh, kw, O]

@@ -248,6 +248,7 @@ def test_weight_gradient_on_onednn_matches_the_definition(kernel_size, padding, 
     (x, cotangent), exact = _rounded(x, cotangent) if dtype == "bfloat16" else ((x, cotangent), (x, cotangent))
     expected = _reference(*exact[:1], kernel, 1, padding, exact[1])[2]
     pixels = cotangent.shape[1] * cotangent.shape[2]
+    monkeypatch.setattr(conv_lib, "WEIGHT_GRADIENT_MIN_IMAGES", 1)
     for images in (5, 2):  # one chunk; chunks of 2, 2 and 1 images, summed in float32
         monkeypatch.setattr(conv_lib, "WEIGHT_GRADIENT_PIXELS", images * pixels)
         dw = jax.jit(lambda x, g: conv_lib.weight_gradient_on_onednn(x, g, pads, jnp.float32))(x, cotangent)
@@ -278,6 +279,16 @@ def test_bfloat16_on_onednn_matches_the_definition(stride, padding):
                     x, kernel, bias)
     assert grad.count(onednn.TARGET) == (3 if stride == 1 else 2)
     assert ("stablehlo.convolution" in grad) == (stride == 2)
+
+
+def test_onednn_weight_gradient_chunk_rule(monkeypatch):
+    monkeypatch.setattr(conv_lib, "WEIGHT_GRADIENT_PIXELS", 1 << 15)
+    monkeypatch.setattr(conv_lib, "WEIGHT_GRADIENT_MIN_IMAGES", 4)
+    assert conv_lib.onednn_weight_gradient_chunk(224, 64 * 64) == 8
+    assert conv_lib.onednn_weight_gradient_chunk(32, 32 * 32) == 32
+    assert conv_lib.onednn_weight_gradient_chunk(32, 128 * 128) == 4   # never fewer than 4 images
+    assert conv_lib.onednn_weight_gradient_chunk(3, 128 * 128) == 3    # nor more than the batch
+    assert conv_lib.onednn_weight_gradient_chunk(100, 16 * 16) == 100
 
 
 def test_onednn_probe_reports_a_crashing_or_disagreeing_child():

@@ -243,7 +243,7 @@ def _onednn_backward(stride, pads, residuals, dy):
         dx = onednn.conv(dy_cropped, flipped, 1, back)
     else:
         dx = input_gradient_by_phases(dy, kernel, stride, pads, x.shape, conv=onednn.conv)
-    if stride == 1 and weight_gradient_on_onednn_pays(x.dtype):
+    if stride == 1 and weight_gradient_on_onednn_pays(x.dtype, *kernel.shape[2:]):
         return dx, weight_gradient_on_onednn(x, dy, pads)
     swapped = _without_onednn(kernel.shape, stride, min(x.shape[1:3])) == "swap_wgrad"
     # XLA computes a weight gradient as a convolution with the images innermost, so it first
@@ -325,10 +325,12 @@ WEIGHT_GRADIENT_PIXELS = 1 << 15
 WEIGHT_GRADIENT_MIN_IMAGES = 4
 
 
-def weight_gradient_on_onednn_pays(dtype) -> bool:
-    """In float32 oneDNN's weight gradient was no faster than XLA's (0.7-1.1x on 5x5 layers),
-    since both run at float32 FMA speed; in bfloat16 only oneDNN's uses the bf16 dot products."""
-    return ONEDNN_WEIGHT_GRADIENT and dtype == jnp.bfloat16
+def weight_gradient_on_onednn_pays(dtype, c_in: int, c_out: int) -> bool:
+    """In bfloat16 only oneDNN's weight gradient uses the bf16 dot products, except on strongly
+    narrowing layers, where XLA's in swap_wgrad's form won (the RGB+mask output layers: 32->4 at
+    64 px 60 against 30 GFLOP/s, 64->4 at 128 px 84 against 22). In float32 oneDNN's ran at
+    0.9-1.2x XLA's on 5x5 layers, depending on the chunk, so float32 keeps XLA's."""
+    return ONEDNN_WEIGHT_GRADIENT and dtype == jnp.bfloat16 and 4 * c_out > c_in
 
 
 def onednn_weight_gradient_chunk(batch: int, pixels: int) -> int:

@@ -134,7 +134,7 @@ def _by_phases_backward(stride, use_onednn, relu, residuals, dy):
     dx = (onednn.conv if use_onednn else native_conv)(cropped, flipped, stride, pads)
     chunk = example_chunk(0, x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
     if WEIGHT_GRADIENT_BY_PHASES:
-        on_onednn = use_onednn and weight_gradient_on_onednn_pays(x.dtype)
+        on_onednn = use_onednn and weight_gradient_on_onednn_pays(x.dtype, *kernel.shape[2:])
         if on_onednn:
             chunk = onednn_weight_gradient_chunk(x.shape[0], x.shape[1] * x.shape[2])
         return dx, weight_gradient_by_phases(x, dy, k, stride, chunk, on_onednn), d_bias

@@ -281,6 +281,18 @@ def test_bfloat16_on_onednn_matches_the_definition(stride, padding):
     assert ("stablehlo.convolution" in grad) == (stride == 2)
 
 
+@needs_onednn_bf16
+def test_bfloat16_narrowing_layers_keep_xlas_swapped_weight_gradient():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 8)).astype(jnp.bfloat16)
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 2)).astype(jnp.bfloat16)
+    assert not conv_lib.weight_gradient_on_onednn_pays(jnp.bfloat16, 8, 2)  # 4 * 2 <= 8
+    assert conv_lib.weight_gradient_on_onednn_pays(jnp.bfloat16, 8, 3)
+    assert not conv_lib.weight_gradient_on_onednn_pays(jnp.float32, 8, 8)
+    grad = _lowered(jax.grad(lambda x, w: jnp.sum(conv2d(x, w, 1, "SAME", "onednn").astype(jnp.float32) ** 2),
+                             argnums=(0, 1)), x, kernel)
+    assert grad.count(onednn.TARGET) == 2 and grad.count("stablehlo.convolution") == 1
+
+
 def test_onednn_weight_gradient_chunk_rule(monkeypatch):
     monkeypatch.setattr(conv_lib, "WEIGHT_GRADIENT_PIXELS", 1 << 15)
     monkeypatch.setattr(conv_lib, "WEIGHT_GRADIENT_MIN_IMAGES", 4)

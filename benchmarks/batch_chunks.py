@@ -28,12 +28,12 @@ from unet_attention import alternate, compile_step, step_inputs  # noqa: E402
 RESULTS = HERE / "results" / "batch_chunks.jsonl"
 
 
-def compile_sa_step(model_name: str, batch: int, jax_variant: str = "auto/auto") -> tuple:
-    """The Slot Attention autoencoder's train step as it is traced now (`jax_variant` as in
-    train_throughput.model_config), compiled, its state and batch."""
+def compile_sa_step(model_name: str, batch: int, jax_variant: str = "auto/auto", dtype: str = "float32") -> tuple:
+    """The Slot Attention autoencoder's train step as it is traced now (`jax_variant` and the
+    compute `dtype` as in train_throughput.model_config), compiled, its state and batch."""
     import jax
 
-    step, state, images = jax_step(model_name, batch, jax_variant)
+    step, state, images = jax_step(model_name, batch, jax_variant, dtype)
     return jax.jit(step).lower(state, images).compile(), state, (images,)
 
 
@@ -89,9 +89,13 @@ def compiled_variants(kind: str, name: str, batch: int) -> tuple:
     return steps, inputs
 
 
-def flag_variants(kind: str, name: str, batch: int, module: str, attribute: str, variants: dict) -> tuple:
+def flag_variants(kind: str, name: str, batch: int, module: str, attribute: str, variants: dict,
+                  dtype: str = "float32") -> tuple:
     """{variant: (compiled step, state)} and the step's inputs, with `module.attribute` (a switch
-    slot_jax reads while tracing) set to each variant's value in `variants` for its compilation."""
+    slot_jax reads while tracing) set to each variant's value in `variants` for its compilation.
+    `dtype`: the Slot Attention step's compute dtype (the UNet and VAE steps are float32)."""
+    if dtype != "float32" and kind != "autoencoder":
+        raise ValueError(f"{kind} steps are timed in float32 only; pass --unets '' --vaes ''")
     import importlib
 
     owner = importlib.import_module(module)
@@ -104,7 +108,8 @@ def flag_variants(kind: str, name: str, batch: int, module: str, attribute: str,
             if kind == "unet":
                 steps[variant] = compile_step(config, schedule, inputs)
             else:
-                step, state, inputs = (compile_sa_step if kind == "autoencoder" else compile_vae_step)(name, batch)
+                compile_ = functools.partial(compile_sa_step, dtype=dtype) if kind == "autoencoder" else compile_vae_step
+                step, state, inputs = compile_(name, batch)
                 steps[variant] = (step, state)
     finally:
         setattr(owner, attribute, default)

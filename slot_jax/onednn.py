@@ -155,9 +155,9 @@ def probe(code: str = "", dtype: str = "float32") -> dict:
 @functools.cache
 def available(dtype: str = "float32") -> bool:
     """Whether this process may call oneDNN's convolution on `dtype` operands (probed once per
-    jaxlib build and dtype)."""
+    jaxlib build and dtype; never for a dtype without probe cases)."""
     switch = os.environ.get(SWITCH, "")
-    if switch == "0" or jax.default_backend() != "cpu":
+    if dtype not in PROBE_CASES or switch == "0" or jax.default_backend() != "cpu":
         return False
     if switch == "1":
         return True

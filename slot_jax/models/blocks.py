@@ -42,7 +42,8 @@ class ZeroConv(nn.Module):
         k = self.kernel_size[0]
         kernel = self.param("kernel", nn.initializers.zeros, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv2d(*cast_to(self.dtype, x, kernel), 1, "SAME", self.impl, *cast_to(self.dtype, bias))
+        x, kernel, bias = cast_to(self.dtype, x, kernel, bias)
+        return conv2d(x, kernel, 1, "SAME", self.impl, bias)
 
 
 class ResBlock(nn.Module):

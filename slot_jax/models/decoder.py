@@ -27,8 +27,7 @@ def resolve_upsample(impl: str, conv_impl: str = "auto", dtype: Any = jnp.float3
         return "transpose"
     # Channel counts do not enter resolve_conv_impl's choice of oneDNN.
     on_onednn = resolve_conv_impl(conv_impl, 1, 1, 1) == "onednn"
-    name = jnp.dtype(dtype).name
-    return "phases" if on_onednn and name in onednn.PROBE_CASES and onednn.available(name) else "subpixel"
+    return "phases" if on_onednn and onednn.available(jnp.dtype(dtype).name) else "subpixel"
 
 
 # Whether the first layer is computed from the slots' border classes (`first_layer_by_classes`;

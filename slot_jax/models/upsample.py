@@ -132,12 +132,12 @@ def _by_phases_backward(stride, use_onednn, relu, residuals, dy):
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # [k, k, C_out, C_in]
     cropped, pads = crop_negative_padding(dy, [(lo, k - lo - stride)] * 2)
     dx = (onednn.conv if use_onednn else native_conv)(cropped, flipped, stride, pads)
+    if WEIGHT_GRADIENT_BY_PHASES and use_onednn and weight_gradient_on_onednn_pays(x.dtype, *kernel.shape[2:]):
+        chunk = onednn_weight_gradient_chunk(x.shape[0], x.shape[1] * x.shape[2])
+        return dx, weight_gradient_by_phases(x, dy, k, stride, chunk, on_onednn=True), d_bias
     chunk = example_chunk(0, x.shape[0], (x[0].size + dy[0].size) * x.dtype.itemsize)
     if WEIGHT_GRADIENT_BY_PHASES:
-        on_onednn = use_onednn and weight_gradient_on_onednn_pays(x.dtype, *kernel.shape[2:])
-        if on_onednn:
-            chunk = onednn_weight_gradient_chunk(x.shape[0], x.shape[1] * x.shape[2])
-        return dx, weight_gradient_by_phases(x, dy, k, stride, chunk, on_onednn), d_bias
+        return dx, weight_gradient_by_phases(x, dy, k, stride, chunk), d_bias
     d_flipped = weight_gradient_by_chunks(cropped, x, flipped, stride, pads, chunk)
     return dx, jnp.flip(d_flipped, (0, 1)).transpose(0, 1, 3, 2), d_bias
 

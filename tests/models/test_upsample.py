@@ -202,8 +202,9 @@ def test_by_phases_runs_each_phase_and_the_input_gradient_on_onednn():
 def test_auto_upsampling_goes_by_phases_only_where_onednn_runs_that_dtype(monkeypatch):
     for impl in ("transpose", "subpixel", "phases"):
         assert resolve_upsample(impl) == impl
+    assert not onednn.available("float16")  # oneDNN is never called on a dtype it is not probed on
     monkeypatch.setattr(decoder_lib, "resolve_conv_impl", lambda impl, *shape: "onednn")
-    monkeypatch.setattr(onednn, "available", lambda dtype="float32": True)
+    monkeypatch.setattr(onednn, "available", lambda dtype="float32": dtype in onednn.PROBE_CASES)
     assert resolve_upsample("auto") == "phases"
     assert resolve_upsample("auto", dtype=jnp.bfloat16) == "phases"
     assert resolve_upsample("auto", dtype=jnp.float16) == "subpixel"  # oneDNN is not called on float16

@@ -24,8 +24,10 @@ COLUMNS = ("val/decoder/fg_ari", "val/attention/fg_ari", "val/decoder/ari", "val
 
 def machine() -> dict:
     import jax
+
+    from slot_jax import cpu
     return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+            "cpu_count": os.cpu_count(), "cpu": cpu.describe(), "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [d.device_kind for d in jax.devices()]}
 
 

@@ -273,8 +273,10 @@ def run_worker(*extra, script=__file__, env=None) -> dict:
 
 def machine() -> dict:
     import jax
+
+    from slot_jax import cpu
     info = {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+            "cpu_count": os.cpu_count(), "cpu": cpu.describe(), "python": platform.python_version(), "jax": jax.__version__,
             "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()],
             "jaxlib": __import__("jaxlib").__version__}
     if os.environ.get("GLIBC_TUNABLES"):  # e.g. glibc.malloc.hugetlb=1, which changes the timings

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slot_jax import cpu
+
 TARGET = "__onednn$convolution"
 SWITCH = "SLOT_JAX_ONEDNN"
 # Whether layers hand their bias and ReLU to oneDNN as post-ops (read at trace time; benchmarks
@@ -125,9 +127,10 @@ def _probe_in_this_process(dtype: str = "float32") -> dict:
 
 def _cache_file(dtype: str = "float32") -> pathlib.Path:
     import jaxlib
-    # The cases are part of the key: a verdict reached on fewer cases is not reused.
+    # The cases are part of the key: a verdict reached on fewer cases is not reused. So is the CPU:
+    # a home directory that moves to a machine without AVX512_BF16 must probe bfloat16 again.
     build = (f"{jaxlib.__version__} {jaxlib.__file__} {os.environ.get('XLA_FLAGS', '')} {sys.executable} "
-             f"{PROBE_CASES[dtype]} {PROBE_TOLERANCE}")
+             f"{PROBE_CASES[dtype]} {PROBE_TOLERANCE} {cpu.describe()}")
     digest = hashlib.sha256(build.encode()).hexdigest()[:16]
     root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
     return root / "slot_jax" / f"onednn_probe_{dtype}_{digest}.json"

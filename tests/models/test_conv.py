@@ -338,6 +338,27 @@ def test_onednn_switch_and_cached_verdict(monkeypatch, tmp_path):
         onednn.available.cache_clear()
 
 
+def test_onednn_verdict_is_cached_per_cpu(monkeypatch, tmp_path):
+    # A verdict reached on an AVX512_BF16 CPU must not be read on one without it (a home
+    # directory shared by machines of different kinds): another CPU probes again.
+    from slot_jax import cpu
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv(onednn.SWITCH, "")
+    calls = []
+    monkeypatch.setattr(onednn, "probe", lambda dtype: calls.append(dtype) or {"ok": True, "why": "test"})
+    kinds = [{"model": "Intel Xeon", "vector_isa": ["avx2", "avx512f", "avx512_bf16"]},
+             {"model": "AMD EPYC", "vector_isa": ["avx2", "fma"]}]
+    try:
+        for kind in kinds:
+            monkeypatch.setattr(cpu, "describe", lambda kind=kind: kind)
+            onednn.available.cache_clear()
+            assert onednn.available("bfloat16")
+        assert calls == ["bfloat16", "bfloat16"]
+        assert len({p.name for p in (tmp_path / "slot_jax").iterdir()}) == 2
+    finally:
+        onednn.available.cache_clear()
+
+
 def test_onednn_probe_that_did_not_run_is_not_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv(onednn.SWITCH, "")

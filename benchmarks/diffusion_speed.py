@@ -64,7 +64,7 @@ CONFIG = REPO / "configs" / "diffusion.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 sys.path.insert(0, str(HERE))
 from train_throughput import (append_result, strip_suffixes, driver_device, image_size, machine,  # noqa: E402
-                              peak_memory_mb, run_worker, torch_device, worker_env)
+                              peak_memory_mb, run_worker, torch_bf16_skip_reason, torch_device, worker_env)
 
 UNETS = ("quick", "report")  # variants of configs/diffusion.py
 SAMPLE_RUNS = ("quick:ddpm:1000,quick:ddim:50,quick:ddim:25,quick:dpm_solver++:25,"
@@ -342,7 +342,11 @@ def run_train(args, peaks: dict) -> list:
     has_torch = importlib.util.find_spec("torch") is not None
     if not has_torch:
         print("torch is not installed: the train part times JAX only")
-    torch_entries = [("torch", "torch", "train")] + ([("torch/bf16", "torch", "train")] if args.torch_bf16 else [])
+    skip_reason = torch_bf16_skip_reason(driver_device()) if args.torch_bf16 else None
+    if skip_reason:
+        print(skip_reason)
+    torch_bf16 = args.torch_bf16 and not skip_reason
+    torch_entries = [("torch", "torch", "train")] + ([("torch/bf16", "torch", "train")] if torch_bf16 else [])
     entries = (torch_entries if has_torch else []) + [
         (f"jax/{v}", v, "train") for v in args.jax_variants.split(",")]
     if args.full_step:

@@ -305,6 +305,20 @@ def append_result(path: pathlib.Path, **record) -> None:
             "commit": commit, **record}) + "\n")
 
 
+def torch_bf16_skip_reason(device: str, description: dict | None = None):
+    """Why PyTorch's bfloat16 is not timed here, or None: on a CPU without native bf16 dot products
+    its bf16 matmul ran at about 1 GFLOP/s (AVX2 AMD EPYC, torch 2.14), so a bf16 step would take
+    hours and tell nothing. slot_jax's bf16 is still timed (about 1.25x slower than float32 there)."""
+    if device != "cpu":
+        return None
+    from slot_jax import cpu
+    description = description or cpu.describe()
+    if cpu.has_native_bf16(description):
+        return None
+    return (f"PyTorch bfloat16 not timed: this CPU ({description['model']}) has no native bf16 dot products "
+            f"({'/'.join(cpu.NATIVE_BF16_FLAGS)}), where PyTorch's bf16 matmul runs at about 1 GFLOP/s")
+
+
 def _dtype_tag(dtype: str) -> str:
     return "" if dtype == "float32" else "/bf16"
 
@@ -338,17 +352,23 @@ def main(argv=None) -> int:
     device = driver_device()
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", device]
     dtypes = args.dtypes.split(",")
+    torch_dtypes = dtypes
+    skip_reason = torch_bf16_skip_reason(device) if "bfloat16" in dtypes else None
+    if skip_reason:
+        print(skip_reason)
+        torch_dtypes = [d for d in dtypes if d != "bfloat16"]
     peaks = {(fw, dtype): run_worker("--matmul", "--framework", fw, "--dtype", dtype, "--device", device,
                                      env=worker_env(""))["gflops"]
-             for fw in ("jax", "torch") for dtype in dtypes}
+             for fw, fw_dtypes in (("jax", dtypes), ("torch", torch_dtypes)) for dtype in fw_dtypes}
     for dtype in dtypes:
-        print(f"{dtype} matmul: jax {peaks['jax', dtype]:.0f} GFLOP/s, torch {peaks['torch', dtype]:.0f} GFLOP/s")
+        print(f"{dtype} matmul: jax {peaks['jax', dtype]:.0f} GFLOP/s, "
+              f"torch {peaks.get(('torch', dtype), float('nan')):.0f} GFLOP/s")
     rows = []
     for name in args.models.split(","):
         flops = 3 * forward_flops(model_config(name))  # forward + backward ~ 3x forward
         for batch in map(int, args.batches.split(",")):
             # (label, framework, jax variant, dtype)
-            entries = [(f"torch{_dtype_tag(d)}", "torch", "auto/auto", d) for d in dtypes] + [
+            entries = [(f"torch{_dtype_tag(d)}", "torch", "auto/auto", d) for d in torch_dtypes] + [
                 (f"jax/{v}{_dtype_tag(d)}", "jax", v, d) for v in args.jax_variants.split(",") for d in dtypes]
             times = {}
             for round_index in range(args.rounds):
@@ -362,11 +382,12 @@ def main(argv=None) -> int:
                     slot["peak_rss_mb"] = max(slot["peak_rss_mb"], result["peak_rss_mb"])
             for label, slot in times.items():
                 seconds = statistics.median(slot["times"])
-                torch_s = statistics.median(times[f"torch{_dtype_tag(slot['dtype'])}"]["times"])
+                torch_slot = times.get(f"torch{_dtype_tag(slot['dtype'])}")
+                torch_s = statistics.median(torch_slot["times"]) if torch_slot else None
                 gflops = flops * batch / seconds / 1e9
                 peak = peaks[slot["framework"], slot["dtype"]]
                 row = {"model": name, "batch": batch, "impl": label, "dtype": slot["dtype"],
-                       "s_per_step": seconds, "images_per_s": batch / seconds, "vs_torch": torch_s / seconds,
+                       "s_per_step": seconds, "images_per_s": batch / seconds, "vs_torch": None if torch_s is None else torch_s / seconds,
                        "gflops": gflops, "pct_matmul_peak": 100 * gflops / peak,
                        "peak_rss_mb": slot["peak_rss_mb"], "step_gflop": flops * batch / 1e9}
                 if "float32" in dtypes:  # every row also against PyTorch's and the matmul's float32
@@ -380,10 +401,11 @@ def main(argv=None) -> int:
           f"{'GFLOP/s':>8} {'% peak':>7} {'% f32 peak':>10} {memory:>8}")
     for r in rows:
         print(f"{r['model']:10} {r['batch']:>5} {r['impl']:23} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
-              f"{r['vs_torch']:>8.2f} {r.get('vs_torch_float32', float('nan')):>11.2f} {r['gflops']:>8.1f} "
+              f"{r['vs_torch'] if r['vs_torch'] is not None else float('nan'):>8.2f} {r.get('vs_torch_float32', float('nan')):>11.2f} {r['gflops']:>8.1f} "
               f"{r['pct_matmul_peak']:>7.1f} {r.get('pct_float32_matmul_peak', float('nan')):>10.1f} "
               f"{r['peak_rss_mb']:>8.0f}")
-    append_result(args.results, machine=machine(), matmul_gflops={f"{fw}/{d}": v for (fw, d), v in peaks.items()},
+    extra = {"torch_bf16_skipped": skip_reason} if skip_reason else {}
+    append_result(args.results, machine=machine(), **extra, matmul_gflops={f"{fw}/{d}": v for (fw, d), v in peaks.items()},
                   steps=args.steps, rounds=args.rounds, rows=rows)
     return 0
 

@@ -29,3 +29,12 @@ def test_arm_features_without_a_model_name(monkeypatch):
 def test_this_machine_is_described():
     info = cpu.describe()
     assert info["model"] and isinstance(info["vector_isa"], list)
+
+
+def test_native_bf16_on_avx512_bf16_amx_and_arm_bf16_only(monkeypatch):
+    assert not cpu.has_native_bf16(cpu.parse_cpuinfo(X86))  # AVX2 + FMA
+    assert cpu.has_native_bf16({"model": "x", "vector_isa": ["avx512f", "avx512_bf16"]})
+    assert cpu.has_native_bf16({"model": "x", "vector_isa": ["amx_bf16", "amx_tile"]})
+    assert not cpu.has_native_bf16({"model": "x", "vector_isa": ["avx512f", "avx512_vnni"]})
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
+    assert cpu.has_native_bf16(cpu.parse_cpuinfo(ARM))

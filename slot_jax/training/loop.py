@@ -8,7 +8,7 @@ from slot_jax.data.pipeline import BatchIterator
 from slot_jax.errors import UserError
 from slot_jax.training import mesh as mesh_lib
 from slot_jax.training.checkpoint import Checkpointer
-from slot_jax.training.experiment import prepare_workdir, write_atomically
+from slot_jax.training.experiment import prepare_workdir, slow_dtype_note, write_atomically
 from slot_jax.training.kinds import build_experiment
 from slot_jax.training.optimizer import Plateau, plateau_step
 from slot_jax.training.writers import MetricWriter, Progress
@@ -24,6 +24,9 @@ def train(config, workdir) -> dict:
     experiment = build_experiment(config)  # checks the config before anything is written
     workdir = prepare_workdir(workdir, create=True)
     is_chief = jax.process_index() == 0
+    note = slow_dtype_note(config, jax.default_backend())
+    if note and is_chief:
+        print(note, flush=True)
     checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(experiment.abstract_state(), config)

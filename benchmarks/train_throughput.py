@@ -6,7 +6,8 @@
 Each measurement runs in its own subprocess (so peak memory is that framework's alone), the
 frameworks alternate, every step is timed after warm-up, and the median is kept. A float32
 matmul measured in the same run gives the machine's peak. Prints a table and appends one JSON
-line with the machine to benchmarks/results/train_throughput.jsonl.
+line with the machine to benchmarks/results/train_throughput.jsonl. The matmul is measured again
+before every round, and each row's share of the peak uses the matmuls measured around its steps.
 
 Both frameworks run on JAX's default backend: on a GPU machine slot_jax runs on the GPU and the
 PyTorch twin on CUDA (timed with synchronisation), and peak memory is the GPU's. `--dtypes`
@@ -276,7 +277,8 @@ def machine() -> dict:
 
     from slot_jax import cpu
     info = {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "cpu": cpu.describe(), "python": platform.python_version(), "jax": jax.__version__,
+            "cpu_count": os.cpu_count(), "cpu": cpu.describe(), "python": platform.python_version(),
+            "jax": jax.__version__,
             "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()],
             "jaxlib": __import__("jaxlib").__version__}
     if os.environ.get("GLIBC_TUNABLES"):  # e.g. glibc.malloc.hugetlb=1, which changes the timings
@@ -357,12 +359,20 @@ def main(argv=None) -> int:
     if skip_reason:
         print(skip_reason)
         torch_dtypes = [d for d in dtypes if d != "bfloat16"]
-    peaks = {(fw, dtype): run_worker("--matmul", "--framework", fw, "--dtype", dtype, "--device", device,
-                                     env=worker_env(""))["gflops"]
-             for fw, fw_dtypes in (("jax", dtypes), ("torch", torch_dtypes)) for dtype in fw_dtypes}
+    pairs = [(fw, dtype) for fw, fw_dtypes in (("jax", dtypes), ("torch", torch_dtypes)) for dtype in fw_dtypes]
+
+    def measure_peaks() -> dict:
+        return {pair: run_worker("--matmul", "--framework", pair[0], "--dtype", pair[1], "--device", device,
+                                 env=worker_env(""))["gflops"] for pair in pairs}
+
+    # The VM's speed drifts by 20-30% over minutes, so the matmul is measured again before every
+    # round, and each row's "% of peak" uses the matmuls measured around its own steps.
+    samples = {pair: [] for pair in pairs}
+    for pair, value in measure_peaks().items():
+        samples[pair].append(value)
     for dtype in dtypes:
-        print(f"{dtype} matmul: jax {peaks['jax', dtype]:.0f} GFLOP/s, "
-              f"torch {peaks.get(('torch', dtype), float('nan')):.0f} GFLOP/s")
+        print(f"{dtype} matmul: jax {samples['jax', dtype][0]:.0f} GFLOP/s, "
+              f"torch {samples.get(('torch', dtype), [float('nan')])[0]:.0f} GFLOP/s")
     rows = []
     for name in args.models.split(","):
         flops = 3 * forward_flops(model_config(name))  # forward + backward ~ 3x forward
@@ -370,8 +380,12 @@ def main(argv=None) -> int:
             # (label, framework, jax variant, dtype)
             entries = [(f"torch{_dtype_tag(d)}", "torch", "auto/auto", d) for d in torch_dtypes] + [
                 (f"jax/{v}{_dtype_tag(d)}", "jax", v, d) for v in args.jax_variants.split(",") for d in dtypes]
-            times = {}
+            times, local = {}, {pair: [] for pair in pairs}
             for round_index in range(args.rounds):
+                if rows or times:  # the first round of the run follows the measurement above
+                    for pair, value in measure_peaks().items():
+                        samples[pair].append(value)
+                local = {pair: local[pair] + [samples[pair][-1]] for pair in pairs}
                 order = entries if round_index % 2 == 0 else entries[::-1]
                 for label, framework, variant, dtype in order:
                     result = run_worker("--framework", framework, "--model", name, "--batch", str(batch),
@@ -385,27 +399,34 @@ def main(argv=None) -> int:
                 torch_slot = times.get(f"torch{_dtype_tag(slot['dtype'])}")
                 torch_s = statistics.median(torch_slot["times"]) if torch_slot else None
                 gflops = flops * batch / seconds / 1e9
-                peak = peaks[slot["framework"], slot["dtype"]]
+                peak = statistics.median(local[slot["framework"], slot["dtype"]])
                 row = {"model": name, "batch": batch, "impl": label, "dtype": slot["dtype"],
-                       "s_per_step": seconds, "images_per_s": batch / seconds, "vs_torch": None if torch_s is None else torch_s / seconds,
-                       "gflops": gflops, "pct_matmul_peak": 100 * gflops / peak,
+                       "s_per_step": seconds, "images_per_s": batch / seconds,
+                       "vs_torch": None if torch_s is None else torch_s / seconds,
+                       "gflops": gflops, "matmul_gflops": peak, "pct_matmul_peak": 100 * gflops / peak,
                        "peak_rss_mb": slot["peak_rss_mb"], "step_gflop": flops * batch / 1e9}
                 if "float32" in dtypes:  # every row also against PyTorch's and the matmul's float32
                     row["vs_torch_float32"] = statistics.median(times["torch"]["times"]) / seconds
-                    row["pct_float32_matmul_peak"] = 100 * gflops / peaks[slot["framework"], "float32"]
+                    row["pct_float32_matmul_peak"] = 100 * gflops / statistics.median(local[slot["framework"],
+                                                                                            "float32"])
                 rows.append(row)
     memory = "RSS MB" if device == "cpu" else "GPU MB"
     # x torch: against PyTorch in the row's dtype; x f32 torch and % f32 peak: against PyTorch's
     # float32 step and the float32 matmul (when float32 was timed too).
+    # peak: the median matmul GFLOP/s measured before the row's rounds, in the row's framework and dtype.
     print(f"{'model':10} {'batch':>5} {'impl':23} {'s/step':>8} {'img/s':>8} {'x torch':>8} {'x f32 torch':>11} "
-          f"{'GFLOP/s':>8} {'% peak':>7} {'% f32 peak':>10} {memory:>8}")
+          f"{'GFLOP/s':>8} {'peak':>6} {'% peak':>7} {'% f32 peak':>10} {memory:>8}")
+    nan = float("nan")
     for r in rows:
+        vs_torch = nan if r["vs_torch"] is None else r["vs_torch"]
         print(f"{r['model']:10} {r['batch']:>5} {r['impl']:23} {r['s_per_step']:>8.3f} {r['images_per_s']:>8.1f} "
-              f"{r['vs_torch'] if r['vs_torch'] is not None else float('nan'):>8.2f} {r.get('vs_torch_float32', float('nan')):>11.2f} {r['gflops']:>8.1f} "
-              f"{r['pct_matmul_peak']:>7.1f} {r.get('pct_float32_matmul_peak', float('nan')):>10.1f} "
+              f"{vs_torch:>8.2f} {r.get('vs_torch_float32', nan):>11.2f} {r['gflops']:>8.1f} "
+              f"{r['matmul_gflops']:>6.0f} {r['pct_matmul_peak']:>7.1f} {r.get('pct_float32_matmul_peak', nan):>10.1f} "
               f"{r['peak_rss_mb']:>8.0f}")
     extra = {"torch_bf16_skipped": skip_reason} if skip_reason else {}
-    append_result(args.results, machine=machine(), **extra, matmul_gflops={f"{fw}/{d}": v for (fw, d), v in peaks.items()},
+    append_result(args.results, machine=machine(), **extra,
+                  matmul_gflops={f"{fw}/{d}": statistics.median(v) for (fw, d), v in samples.items()},
+                  matmul_gflops_samples={f"{fw}/{d}": v for (fw, d), v in samples.items()},
                   steps=args.steps, rounds=args.rounds, rows=rows)
     return 0
 

@@ -310,7 +310,7 @@ def append_result(path: pathlib.Path, **record) -> None:
 def torch_bf16_skip_reason(device: str, description: dict | None = None):
     """Why PyTorch's bfloat16 is not timed here, or None: on a CPU without native bf16 dot products
     its bf16 matmul ran at about 1 GFLOP/s (AVX2 AMD EPYC, torch 2.14), so a bf16 step would take
-    hours and tell nothing. slot_jax's bf16 is still timed (about 1.25x slower than float32 there)."""
+    hours and tell nothing. slot_jax's bf16 is still timed (1.25-1.75x slower than float32 there)."""
     if device != "cpu":
         return None
     from slot_jax import cpu

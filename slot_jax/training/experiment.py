@@ -69,7 +69,7 @@ def check_slot_encoder(m) -> None:
 def slow_dtype_note(config, backend: str, description: dict | None = None):
     """A note where config.model.compute_dtype=bfloat16 would train slower than float32: on a CPU
     without native bf16 dot products oneDNN has no bf16 convolution and XLA's bf16 kernels ran
-    the Slot Attention step 1.3-1.75x slower than float32 (2-core AMD EPYC, AVX2). None otherwise."""
+    the Slot Attention step 1.25-1.75x slower than float32 (2-core AMD EPYC, AVX2). None otherwise."""
     if backend != "cpu" or config.model.get("compute_dtype", "float32") != "bfloat16":
         return None
     description = description or cpu.describe()
@@ -77,7 +77,7 @@ def slow_dtype_note(config, backend: str, description: dict | None = None):
         return None
     isa = ", ".join(description["vector_isa"]) or "no vector extensions listed"
     return (f"note: config.model.compute_dtype=bfloat16 on a CPU without native bf16 ({description['model']}: "
-            f"{isa}) trains slower than float32 (1.3-1.75x on such a CPU); set it to float32 for speed")
+            f"{isa}) trains slower than float32 (1.25-1.75x on such a CPU); set it to float32 for speed")
 
 
 def check_generation(e) -> None:

@@ -16,23 +16,33 @@ def apply_gradients_if_finite(state, loss, grads, optimizer, **extra_metrics):
     """The Adam update shared by every model's train step. Returns (new_state, metrics).
 
     A step whose loss or gradient is not finite leaves the parameters and optimizer state
-    unchanged and reports `nonfinite` = 1, so the loop can stop before anything is saved.
+    unchanged and reports `nonfinite` = 1 (and `update_norm` NaN), so the loop can stop before
+    anything is saved. The update runs under `lax.cond` rather than being computed and then
+    discarded leaf by leaf with `where`: with the state donated, the branch updates it in place,
+    and the report UNet's Adam step (15M parameters) took 76 instead of 132 ms on a 2-core CPU
+    (train step 1.03x faster; benchmarks/nan_guard.py).
     """
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep_if_finite(optax.apply_updates(state.params, updates), state.params),
-        opt_state=keep_if_finite(opt_state, state.opt_state),
-    )
+
+    def update(state):
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: u * state.lr_scale, updates)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(params=params, opt_state=opt_state), optax.tree.norm(updates)
+
+    def skip(state):
+        return state, jnp.full((), jnp.nan, grad_norm.dtype)
+
+    new_state, update_norm = jax.lax.cond(finite, update, skip, state)
+    new_state = new_state.replace(step=state.step + 1)
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
-        "update_norm": optax.tree.norm(updates),
-        "param_norm": optax.tree.norm(state.params),
+        "update_norm": update_norm,
+        # Of the parameters after the step: the norm of those before would keep them alive beside
+        # the updated ones (a copy of all parameters each step).
+        "param_norm": optax.tree.norm(new_state.params),
         "nonfinite": 1 - finite.astype(jnp.int32),
         **extra_metrics,
     }

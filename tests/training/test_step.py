@@ -1,5 +1,7 @@
 """The jitted train step: data parallelism changes nothing, and bad steps change nothing."""
 
+import pathlib
+
 import jax
 import numpy as np
 
@@ -57,3 +59,56 @@ def test_a_non_finite_step_leaves_the_state_unchanged_and_is_reported():
     same = jax.tree.map(lambda a, b: np.array_equal(a, b, equal_nan=True), jax.device_get(new_state.params),
                         poisoned_params)
     assert all(jax.tree.leaves(same))
+
+
+def _tiny_adam_state():
+    import jax.numpy as jnp
+    import optax
+    from slot_jax.training.state import state_from_params
+    params = {"w": jnp.arange(6.0).reshape(2, 3) / 7, "b": jnp.ones((3,))}
+    optimizer = optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(1e-2))
+    state = state_from_params(params, optimizer, jax.random.PRNGKey(0))
+    grads = {"w": jnp.full((2, 3), 0.5), "b": jnp.array([1.0, -2.0, 3.0])}
+    return state.replace(lr_scale=jnp.float32(0.5)), grads, optimizer
+
+
+def test_the_guarded_adam_update_is_optax_adam_scaled_by_lr_scale():
+    import optax
+    from slot_jax.training.step import apply_gradients_if_finite
+    state, grads, optimizer = _tiny_adam_state()
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: 0.5 * u, updates)
+    expected = optax.apply_updates(state.params, updates)
+    new_state, metrics = jax.jit(apply_gradients_if_finite, static_argnums=3)(state, 0.25, grads, optimizer)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state.params, expected)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state.opt_state, opt_state)
+    assert int(new_state.step) == 1 and int(metrics["nonfinite"]) == 0
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-6)
+    np.testing.assert_allclose(metrics["update_norm"], optax.tree.norm(updates), rtol=1e-6)
+    np.testing.assert_allclose(metrics["param_norm"], optax.tree.norm(expected), rtol=1e-6)
+
+
+def test_a_nan_gradient_or_loss_changes_neither_parameters_nor_moments():
+    from slot_jax.training.step import apply_gradients_if_finite
+    state, grads, optimizer = _tiny_adam_state()
+    state, _ = apply_gradients_if_finite(state, 0.25, grads, optimizer)  # moments no longer zero
+    nan_grads = {**grads, "b": grads["b"].at[1].set(np.nan)}
+    for loss, g in ((0.25, nan_grads), (np.inf, grads)):
+        new_state, metrics = jax.jit(apply_gradients_if_finite, static_argnums=3)(state, loss, g, optimizer)
+        same = jax.tree.map(np.array_equal, (new_state.params, new_state.opt_state), (state.params, state.opt_state))
+        assert all(jax.tree.leaves(same))
+        assert int(new_state.step) == int(state.step) + 1 and int(metrics["nonfinite"]) == 1
+        assert np.isnan(metrics["update_norm"])
+
+
+def test_the_benchmarks_where_guard_computes_the_same_step():
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
+    from nan_guard import apply_gradients_with_where
+    from slot_jax.training.step import apply_gradients_if_finite
+    state, grads, optimizer = _tiny_adam_state()
+    ours, ours_metrics = apply_gradients_if_finite(state, 0.25, grads, optimizer)
+    theirs, their_metrics = apply_gradients_with_where(state, 0.25, grads, optimizer)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), (ours.params, ours.opt_state),
+                 (theirs.params, theirs.opt_state))
+    np.testing.assert_allclose(ours_metrics["update_norm"], their_metrics["update_norm"], rtol=1e-6)

@@ -157,22 +157,24 @@ def _optimizer(config):
     return build_optimizer(train)
 
 
-def unet_train_step(state, x0, slots, *, model, schedule, optimizer):
-    """The UNet part of training.diffusion_step.diffusion_train_step, on given latents and slots."""
-    import jax
+def unet_loss(params, x0, slots, rng, *, model, schedule):
+    """The epsilon-prediction loss of the UNet `model` with `params` on latents x0 and slots."""
     import jax.numpy as jnp
 
     from slot_jax.models import diffusion
+    t, noise, x_t = diffusion.sample_training_inputs(schedule, x0, rng)
+    output = model.apply({"params": params}, x_t, t, slots)
+    target = diffusion.training_target(schedule, x0, t, noise, "epsilon")
+    return jnp.mean(diffusion.per_example_mse(output, target))
+
+
+def unet_train_step(state, x0, slots, *, model, schedule, optimizer):
+    """The UNet part of training.diffusion_step.diffusion_train_step, on given latents and slots."""
+    import jax
+
     from slot_jax.training.step import apply_gradients_if_finite
     rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-        t, noise, x_t = diffusion.sample_training_inputs(schedule, x0, rng)
-        output = model.apply({"params": params}, x_t, t, slots)
-        target = diffusion.training_target(schedule, x0, t, noise, "epsilon")
-        return jnp.mean(diffusion.per_example_mse(output, target))
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = jax.value_and_grad(unet_loss)(state.params, x0, slots, rng, model=model, schedule=schedule)
     return apply_gradients_if_finite(state, loss, grads, optimizer)
 
 

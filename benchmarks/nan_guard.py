@@ -48,15 +48,18 @@ def apply_gradients_with_where(state, loss, grads, optimizer, **extra_metrics):
                        "nonfinite": 1 - finite.astype(jnp.int32), **extra_metrics}
 
 
-GUARDS = {"where": apply_gradients_with_where, "cond": None}  # None: slot_jax's own
+GUARDS = ("where", "cond")
 
 
-def _guard(name):
+def guard(name: str):
+    """The guarded update called `name`: the baseline above, or slot_jax's own."""
+    if name == "where":
+        return apply_gradients_with_where
     from slot_jax.training.step import apply_gradients_if_finite
-    return GUARDS[name] or apply_gradients_if_finite
+    return apply_gradients_if_finite
 
 
-def compiled(unet: str, batch: int, guard: str) -> dict:
+def compiled(unet: str, batch: int, guard_name: str) -> dict:
     """{part: (compiled function of (state, *inputs) -> (state, metrics), state, inputs)} for
     part "update" (the guarded Adam step alone) and "train step"."""
     import jax
@@ -69,7 +72,7 @@ def compiled(unet: str, batch: int, guard: str) -> dict:
     model, optimizer = ds.build_config_unet(config), ds._optimizer(config)
     params = ds.host_params(model, x0[:1], jnp.zeros((1,), jnp.int32), slots[:1])
     grads = jax.tree.map(lambda p: 0.01 * p + 1e-3, params)
-    apply = _guard(guard)
+    apply = guard(guard_name)
     parts = {}
 
     def update(state, grads):
@@ -125,13 +128,13 @@ def main(argv=None) -> int:
 
     rows = []
     for unet in args.unets.split(","):
-        built = {guard: compiled(unet, args.batch, guard) for guard in GUARDS}
+        built = {name: compiled(unet, args.batch, name) for name in GUARDS}
         for part in ("update", "train step"):
-            times = alternate({guard: list(built[guard][part]) for guard in GUARDS}, args.rounds)
-            rows += [{"unet": unet, "batch": args.batch, "part": part, "guard": guard,
+            times = alternate({name: list(built[name][part]) for name in GUARDS}, args.rounds)
+            rows += [{"unet": unet, "batch": args.batch, "part": part, "guard": name,
                       "median_ms": 1e3 * statistics.median(seconds), "min_ms": 1e3 * min(seconds),
                       "speedup_vs_where": paired_speedup(times["where"], seconds), "calls_timed": len(seconds)}
-                     for guard, seconds in times.items()]
+                     for name, seconds in times.items()]
     print(f"{'unet':7} {'batch':>5} {'part':11} {'guard':6} {'median ms':>10} {'min ms':>8} {'x where':>8}")
     for r in rows:
         print(f"{r['unet']:7} {r['batch']:>5} {r['part']:11} {r['guard']:6} {r['median_ms']:>10.1f} "

@@ -34,7 +34,6 @@ def parts(unet: str, batch: int) -> tuple:
     import jax
     import jax.numpy as jnp
 
-    from slot_jax.models import diffusion
     from slot_jax.training.state import state_from_params
 
     config, schedule, (x0, slots) = step_inputs(unet, batch)
@@ -42,10 +41,9 @@ def parts(unet: str, batch: int) -> tuple:
     params = ds.host_params(model, x0[:1], jnp.zeros((1,), jnp.int32), slots[:1])
     state = state_from_params(params, optimizer, jax.random.PRNGKey(0))
 
-    def loss(params, x0, slots):
-        t, noise, x_t = diffusion.sample_training_inputs(schedule, x0, jax.random.PRNGKey(1))
-        target = diffusion.training_target(schedule, x0, t, noise, "epsilon")
-        return jnp.mean(diffusion.per_example_mse(model.apply({"params": params}, x_t, t, slots), target))
+    def loss(params, x0, slots):  # the train step's loss, with its noise
+        rng = jax.random.fold_in(state.rng, state.step)
+        return ds.unet_loss(params, x0, slots, rng, model=model, schedule=schedule)
 
     functions = {
         "forward": lambda s, x0, slots: loss(s.params, x0, slots),

@@ -1,4 +1,5 @@
-"""The benchmark drivers' decisions that need no timing: which PyTorch dtypes a CPU can time."""
+"""The benchmark drivers' decisions that need no timing: which PyTorch dtypes a CPU can time,
+and that a baseline computes what slot_jax does."""
 import pathlib
 import sys
 
@@ -19,3 +20,16 @@ def test_pytorch_bf16_skipped_on_a_cpu_without_native_bf16_with_the_reason():
 def test_pytorch_bf16_timed_on_avx512_bf16_cpus_and_gpus():
     assert train_throughput.torch_bf16_skip_reason("cpu", AVX512_BF16) is None
     assert train_throughput.torch_bf16_skip_reason("gpu", AVX2) is None
+
+
+def test_frechet_benchmark_baseline_is_the_same_distance(tmp_path, monkeypatch):
+    import json
+
+    import frechet_speed
+
+    monkeypatch.setattr(frechet_speed, "RESULTS", tmp_path / "frechet.jsonl")
+    assert frechet_speed.main(["--features", "24", "--images", "10,200", "--repeats", "1"]) == 0
+    rows = json.loads((tmp_path / "frechet.jsonl").read_text())["rows"]
+    assert [row["images"] for row in rows] == [10, 200]
+    for row in rows:
+        assert row["sqrtm_fid"] > 0 and row["rel_diff"] < 1e-6 and row["speed_up"] > 0

@@ -4,23 +4,19 @@ Definitions follow clean-fid (REFERENCE section 3):
 - `clean_resize`: clean-fid's "clean" mode, each channel as a float32 PIL image (mode 'F')
   resized to 299x299 with bicubic, clipped to [0, 255], not quantised.
 - `legacy_resize`: pytorch-fid's bilinear resize (align_corners=False, no antialiasing).
-- `frechet_distance`: clean-fid's `frechet_distance` in float64 with scipy's sqrtm.
+- `frechet_distance`: clean-fid's `frechet_distance` in float64, its trace of sqrtm(s1 s2)
+  taken from symmetric eigenvalues (same value, 5-12x faster).
 - `kernel_inception_distance`: clean-fid's `kernel_distance` (unbiased MMD^2 with the cubic
   polynomial kernel, averaged over random subsets), computed in float64.
 """
 from __future__ import annotations
 
-import logging
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
-from scipy import linalg
 
 from slot_jax.evaluation.inception import INPUT_SIZE
-
-_log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -72,34 +68,58 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr(sqrtm(s1 s2)), as clean-fid computes it.
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """|mu1 - mu2|^2 + tr(s1) + tr(s2) - 2 tr(sqrtm(s1 s2)): clean-fid's formula, in float64.
 
-    If sqrtm is not finite, `eps * I` is added to both covariances and it is retried; a
-    complex result keeps its real part, unless the diagonal's imaginary part exceeds 1e-3
-    (clean-fid raises then too, as the covariances are not valid).
+    clean-fid takes scipy's `sqrtm` of the product s1 s2 (a complex Schur decomposition, about
+    17 s for 2048 features on a 2-core CPU) and keeps its trace. That trace is the sum of the
+    square roots of the eigenvalues of s1 s2, which are those of the symmetric matrix F^T s2 F
+    for any F with F F^T = s1: Cholesky's factor, or V sqrt(W) from s1's eigendecomposition
+    when s1 is singular (fewer images than features). One symmetric eigenvalue problem instead
+    of the Schur form: 5-12x faster (benchmarks/frechet_speed.py), clean-fid's value to 1e-13
+    (relative) on full-rank covariances and 1e-7 on singular ones, where sqrtm is inexact too
+    and clean-fid may retry with 1e-6 added to the diagonals; no retry is needed here.
     """
-    mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
-    mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
-    sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or \
             sigma1.shape != (mu1.shape[0], mu1.shape[0]):
         raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}")
+    for name, value in (("mu", mu1), ("mu", mu2), ("sigma", sigma1), ("sigma", sigma2)):
+        if not np.isfinite(value).all():
+            raise ValueError(f"FID statistics hold a non-finite {name} (NaN or inf features?)")
+    for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):
+        _check_symmetric(sigma, name)
+    factor = _covariance_factor(sigma1)
+    product = factor.T @ sigma2 @ factor
+    eigenvalues = _nonnegative(np.linalg.eigvalsh((product + product.T) / 2), "sigma2")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        _log.warning("FID: sqrtm of the covariance product is not finite; adding %g to the "
-                     "diagonal of both covariances", eps)
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"FID: sqrtm has an imaginary component of "
-                             f"{np.max(np.abs(covmean.imag)):.3g} (invalid covariances?)")
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eigenvalues).sum())
+
+
+def _check_symmetric(sigma, name) -> None:
+    scale = max(np.abs(sigma).max(), np.finfo(np.float64).tiny)
+    if not np.allclose(sigma, sigma.T, rtol=0, atol=1e-8 * scale):
+        raise ValueError(f"FID: {name} is not a symmetric covariance matrix (corrupt statistics?)")
+
+
+def _nonnegative(eigenvalues, name):
+    """Eigenvalues of a positive semi-definite matrix: rounding's small negative ones become 0;
+    clearly negative ones, where clean-fid's sqrtm would turn complex, are a ValueError."""
+    if eigenvalues.min() < -1e-6 * max(np.abs(eigenvalues).max(), np.finfo(np.float64).tiny):
+        raise ValueError(f"FID: {name} is not positive semi-definite (smallest eigenvalue "
+                         f"{eigenvalues.min():.3g}; corrupt statistics?)")
+    return np.clip(eigenvalues, 0.0, None)
+
+
+def _covariance_factor(sigma):
+    """F with F F^T = sigma (symmetric, positive semi-definite)."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:  # singular: fewer images than features
+        values, vectors = np.linalg.eigh(sigma)
+        return vectors * np.sqrt(_nonnegative(values, "sigma1"))
 
 
 # ----------------------------------------------------------------------------- KID

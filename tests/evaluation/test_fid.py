@@ -92,37 +92,48 @@ def _scipy_fid(mu1, s1, mu2, s2):
     return np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(cross)
 
 
-def test_frechet_distance_matches_clean_fid_and_scipy(features):
+@pytest.mark.parametrize("num_images", [N, 20], ids=["full_rank", "fewer_images_than_features"])
+def test_frechet_distance_matches_clean_fid_and_scipy(features, num_images):
     reference = _cleanfid("fid")
-    stats1, stats2 = fid.feature_statistics(features[0]), fid.feature_statistics(features[1])
+    stats1 = fid.feature_statistics(features[0][:num_images])
+    stats2 = fid.feature_statistics(features[1][:num_images + 3])
     ours = fid.frechet_distance(*stats1, *stats2)
     assert isinstance(ours, float) and ours > 1
-    np.testing.assert_allclose(ours, reference.frechet_distance(*stats1, *stats2), rtol=1e-6)
-    np.testing.assert_allclose(ours, _scipy_fid(*stats1, *stats2), rtol=1e-6)
-    assert abs(fid.frechet_distance(*stats1, *stats1)) < 1e-6
+    # clean-fid's sqrtm of a singular product is itself inexact (and may retry with 1e-6 added).
+    rtol = 1e-9 if num_images > D else 1e-6
+    np.testing.assert_allclose(ours, reference.frechet_distance(*stats1, *stats2), rtol=rtol)
+    np.testing.assert_allclose(ours, _scipy_fid(*stats1, *stats2), rtol=rtol)
+    # Singular covariances round to about 1e-7 of their trace here, as in clean-fid.
+    assert abs(fid.frechet_distance(*stats1, *stats1)) < 1e-6 * np.trace(stats1[1])
 
 
-def test_frechet_distance_retries_with_eps_when_sqrtm_is_not_finite(features, monkeypatch):
-    stats1, stats2 = fid.feature_statistics(features[0]), fid.feature_statistics(features[1])
-    products, real_sqrtm = [], linalg.sqrtm
+def test_frechet_distance_is_exact_where_the_answer_is_known(features):
+    """Equal covariances leave |mu1 - mu2|^2, also when they are singular (10 images, 64
+    features: to 1e-7 of the trace, as clean-fid rounds); diagonal ones, some of whose variances
+    are zero, give sum (sqrt(a) - sqrt(b))^2."""
+    mu1, sigma = fid.feature_statistics(features[0][:10])
+    mu2 = mu1 + np.linspace(-1, 1, D)
+    assert np.linalg.matrix_rank(sigma) == 9
+    np.testing.assert_allclose(fid.frechet_distance(mu1, sigma, mu2, sigma), np.sum((mu1 - mu2) ** 2),
+                               rtol=0, atol=1e-6 * np.trace(sigma))
+    a = np.random.default_rng(1).uniform(0, 3, D) * (np.arange(D) % 3 > 0)  # a third of them zero
+    b = np.random.default_rng(2).uniform(0, 3, D)
+    want = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    np.testing.assert_allclose(fid.frechet_distance(np.zeros(D), np.diag(a), np.zeros(D), np.diag(b)), want,
+                               rtol=1e-12)
 
-    def flaky_sqrtm(matrix):
-        products.append(matrix)
-        if len(products) == 1:
-            return np.full_like(matrix, np.nan)
-        return real_sqrtm(matrix)
 
-    monkeypatch.setattr(fid.linalg, "sqrtm", flaky_sqrtm)
-    ours = fid.frechet_distance(*stats1, *stats2, eps=1e-3)
-    monkeypatch.undo()
-    offset = np.eye(D) * 1e-3
-    np.testing.assert_allclose(products[1], (stats1[1] + offset) @ (stats2[1] + offset))
-    assert np.isfinite(ours)
-    (mu1, s1), (mu2, s2) = stats1, stats2
-    # As in clean-fid, the offset enters only the square root, not the traces.
-    want = (np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
-            - 2 * np.trace(linalg.sqrtm((s1 + offset) @ (s2 + offset)).real))
-    np.testing.assert_allclose(ours, want, rtol=1e-12)
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda s: s + np.triu(np.ones_like(s), 1), "not a symmetric covariance"),
+    (lambda s: s - 2 * np.abs(s).max() * np.eye(len(s)), "not positive semi-definite"),
+    (lambda s: np.where(np.eye(len(s)) > 0, np.nan, s), "non-finite sigma"),
+])
+@pytest.mark.parametrize("which", [0, 1])
+def test_frechet_distance_refuses_invalid_covariances(features, corrupt, message, which):
+    stats = [list(fid.feature_statistics(f)) for f in features]
+    stats[which][1] = corrupt(stats[which][1])
+    with pytest.raises(ValueError, match=message):
+        fid.frechet_distance(*stats[0], *stats[1])
 
 
 def test_frechet_distance_rejects_mismatched_statistics(features):

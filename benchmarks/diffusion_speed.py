@@ -38,7 +38,8 @@ warm-up and a second call is timed, otherwise it is the timed call (the extra is
 Every measurement runs in its own subprocess (so its peak RSS is that framework's alone); in the
 train part the implementations alternate over --rounds, each times --steps steps after --warmup
 and the median step is kept; rounds after the first load round 1's JAX executables from a temporary
-XLA cache (--no_compile_cache to compile every time), and the JAX peak RSS includes the compile
+XLA cache (--no_compile_cache to compile every time; jaxlib 0.10.2 cannot serialise a program
+that calls oneDNN, so those compile every round anyway), and the JAX peak RSS includes the compile
 (~0.4 GB of it for the quick UNet). A float32 2048^3 matmul measured in the same run gives the machine's
 peak (train_throughput.py's worker), the FLOPs come from XLA's cost analysis of the forward pass
 with native convolutions (x3 for a train step). Prints markdown tables and appends one JSON line

@@ -13,7 +13,11 @@ from conftest import SHARED_REAL, random_inception_variables, save_inception_pth
 from slot_jax import main as cli
 from slot_jax.evaluation.composition import SlotLibrary
 
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+# The CLI's processes see the tests' four devices, compile options and compilation cache
+# (tests/conftest.py), so a program one of them compiled is loaded by the next.
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+if "--xla_force_host_platform_device_count" not in ENV.get("XLA_FLAGS", ""):
+    ENV["XLA_FLAGS"] = ENV.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 
 
 def _snapshot(directory):

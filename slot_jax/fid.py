@@ -4,7 +4,8 @@
         [--save_stats_a FILE] [--save_stats_b FILE] [--out results.json] [--no_kid]
 
 A and B are folders of images, `.npz` files with a uint8 `images` array [N, H, W, 3], or `.npz`
-statistics files written by --save_stats_* (reused only for the same mode and image size).
+statistics files written by --save_stats_* (reused only for the same mode and image size;
+two statistics files need no Inception weights).
 The Inception weights come from --weights, $SLOT_JAX_INCEPTION_WEIGHTS or
 ~/.cache/slot_jax/pt_inception-2015-12-05-6726825d.pth; `--download` fetches them (checksummed).
 """
@@ -47,7 +48,9 @@ def _run(args) -> int:
             if isinstance(source, fid_score.Statistics) and source.mode != args.mode:
                 raise fid_score.FIDInputError(f"{path} holds statistics for mode {source.mode!r}, not "
                                               f"{args.mode!r}: pass --mode={source.mode} or recompute them")
-        extractor = fid_score.FeatureExtractor(args.mode, args.weights, args.batch_size)
+        extractor = None  # two statistics files need no Inception network, nor its weights
+        if not all(isinstance(source, fid_score.Statistics) for _, source in sources):
+            extractor = fid_score.FeatureExtractor(args.mode, args.weights, args.batch_size)
         stats_a, stats_b = (source if isinstance(source, fid_score.Statistics) else extractor.statistics(source, path)
                             for path, source in sources)
         result = fid_score.scores(stats_a, stats_b, kid=not args.no_kid)
@@ -58,6 +61,8 @@ def _run(args) -> int:
         if args.out:
             write_atomically(pathlib.Path(args.out), json.dumps(result, indent=2))
     except OSError as error:  # e.g. an unwritable --out or --save_stats path
+        if isinstance(error, UserError):  # missing weights: its message names the fix already
+            raise
         raise UserError(f"{error}: choose a writable path") from None
     line = f"FID ({result['mode']}): {result['fid']:.4f}"
     if "kid" in result:

@@ -224,8 +224,11 @@ def scores(a: Statistics, b: Statistics, *, kid: bool = True) -> dict:
     """FID (and KID when both hold features) between two sets of statistics."""
     if a.mode != b.mode:
         raise FIDInputError(f"statistics of different modes ({a.mode!r} vs {b.mode!r}) cannot be compared")
-    out = {"fid": fid_lib.frechet_distance(a.mu, a.sigma, b.mu, b.sigma), "mode": a.mode,
-           "num_images": [a.num_images, b.num_images]}
+    try:
+        fid = fid_lib.frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    except ValueError as error:  # statistics of another size, or not a covariance: a corrupt file
+        raise FIDInputError(f"{error}; recompute the statistics") from None
+    out = {"fid": fid, "mode": a.mode, "num_images": [a.num_images, b.num_images]}
     if kid and a.features is not None and b.features is not None:
         out["kid"] = fid_lib.kernel_inception_distance(a.features, b.features)
     return out

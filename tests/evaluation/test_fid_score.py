@@ -1,4 +1,5 @@
 """FID/KID API and command line: inputs, statistics caching, errors, and running without torch."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -179,7 +180,29 @@ def test_cli_bad_input_is_one_line_and_exit_2_and_writes_nothing(setup, message,
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and __import__("re").search(message, lines[0])
+    assert "writable" not in lines[0]  # the fix named is the one for this problem
     assert not (tmp_path / "out.json").exists()
+
+
+def test_cli_compares_two_statistics_files_without_weights_and_refuses_corrupt_ones(tmp_path):
+    rng = np.random.default_rng(0)
+    stats = {}
+    for name, shift in (("a", 0.0), ("b", 0.5)):
+        features = rng.normal(shift, 1.0, size=(40, 16))
+        stats[name] = Statistics(features.mean(axis=0), np.cov(features, rowvar=False), "clean", (32, 32), 40)
+        stats[name].save(tmp_path / f"{name}.npz")
+    corrupt = dataclasses.replace(stats["b"], sigma=stats["b"].sigma + np.triu(np.ones((16, 16)), 1))
+    corrupt.save(tmp_path / "corrupt.npz")
+    env = {"SLOT_JAX_INCEPTION_WEIGHTS": "", "HOME": str(tmp_path / "home")}  # no weights anywhere
+    out = tmp_path / "scores.json"
+    result = run_cli(tmp_path / "a.npz", tmp_path / "b.npz", "--out", out, env=env)
+    assert result.returncode == 0, result.stderr
+    want = fid_lib.frechet_distance(stats["a"].mu, stats["a"].sigma, stats["b"].mu, stats["b"].sigma)
+    assert json.loads(out.read_text())["fid"] == pytest.approx(want, rel=1e-12)
+    result = run_cli(tmp_path / "a.npz", tmp_path / "corrupt.npz", "--out", out, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "not a symmetric covariance" in lines[0], result.stderr
+    assert json.loads(out.read_text())["fid"] == pytest.approx(want, rel=1e-12)  # the old result is kept
 
 
 # ----------------------------------------------------------------------------- no torch

@@ -5,7 +5,7 @@ Definitions follow clean-fid (REFERENCE section 3):
   resized to 299x299 with bicubic, clipped to [0, 255], not quantised.
 - `legacy_resize`: pytorch-fid's bilinear resize (align_corners=False, no antialiasing).
 - `frechet_distance`: clean-fid's `frechet_distance` in float64, its trace of sqrtm(s1 s2)
-  taken from symmetric eigenvalues (same value, 5-12x faster).
+  taken from symmetric eigenvalues (same value, 6-9x faster).
 - `kernel_inception_distance`: clean-fid's `kernel_distance` (unbiased MMD^2 with the cubic
   polynomial kernel, averaged over random subsets), computed in float64.
 """
@@ -76,7 +76,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     square roots of the eigenvalues of s1 s2, which are those of the symmetric matrix F^T s2 F
     for any F with F F^T = s1: Cholesky's factor, or V sqrt(W) from s1's eigendecomposition
     when s1 is singular (fewer images than features). One symmetric eigenvalue problem instead
-    of the Schur form: 5-12x faster (benchmarks/frechet_speed.py), clean-fid's value to 1e-13
+    of the Schur form: 6-9x faster (benchmarks/frechet_speed.py), clean-fid's value to 1e-13
     (relative) on full-rank covariances and 1e-7 on singular ones, where sqrtm is inexact too
     and clean-fid may retry with 1e-6 added to the diagonals; no retry is needed here.
     """

@@ -22,14 +22,15 @@ def test_pytorch_bf16_timed_on_avx512_bf16_cpus_and_gpus():
     assert train_throughput.torch_bf16_skip_reason("gpu", AVX2) is None
 
 
-def test_frechet_benchmark_baseline_is_the_same_distance(tmp_path, monkeypatch):
+def test_fid_distance_baselines_compute_the_same_distances(tmp_path, monkeypatch):
     import json
 
-    import frechet_speed
+    import fid_distances
 
-    monkeypatch.setattr(frechet_speed, "RESULTS", tmp_path / "frechet.jsonl")
-    assert frechet_speed.main(["--features", "24", "--images", "10,200", "--repeats", "1"]) == 0
-    rows = json.loads((tmp_path / "frechet.jsonl").read_text())["rows"]
-    assert [row["images"] for row in rows] == [10, 200]
+    monkeypatch.setattr(fid_distances, "RESULTS", tmp_path / "distances.jsonl")
+    assert fid_distances.main(["--features", "24", "--images", "10,200", "--kid_images", "30",
+                               "--repeats", "1"]) == 0
+    rows = json.loads((tmp_path / "distances.jsonl").read_text())["rows"]
+    assert [(row["distance"], row["images"]) for row in rows] == [("Frechet", 10), ("Frechet", 200), ("KID", 30)]
     for row in rows:
-        assert row["sqrtm_fid"] > 0 and row["rel_diff"] < 1e-6 and row["speed_up"] > 0
+        assert row["baseline_value"] != 0 and row["rel_diff"] < 1e-6 and row["speed_up"] > 0  # KID may be < 0

@@ -76,7 +76,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     square roots of the eigenvalues of s1 s2, which are those of the symmetric matrix F^T s2 F
     for any F with F F^T = s1: Cholesky's factor, or V sqrt(W) from s1's eigendecomposition
     when s1 is singular (fewer images than features). One symmetric eigenvalue problem instead
-    of the Schur form: 6-9x faster (benchmarks/frechet_speed.py), clean-fid's value to 1e-13
+    of the Schur form: 6-9x faster (benchmarks/fid_distances.py), clean-fid's value to 1e-13
     (relative) on full-rank covariances and 1e-7 on singular ones, where sqrtm is inexact too
     and clean-fid may retry with 1e-6 added to the diagonals; no retry is needed here.
     """
@@ -125,14 +125,22 @@ def _covariance_factor(sigma):
 # ----------------------------------------------------------------------------- KID
 
 
+# Up to this many kernel entries (float64: 256 MB) KID computes every pair's kernel once.
+MAX_KERNEL_ENTRIES = 2 ** 25
+
+
 def kernel_inception_distance(features1, features2, num_subsets: int = 100,
-                              max_subset_size: int = 1000, seed: int = 0) -> float:
+                              max_subset_size: int = 1000, seed: int = 0,
+                              max_kernel_entries: int = MAX_KERNEL_ENTRIES) -> float:
     """clean-fid's KID: mean over subsets of the unbiased MMD^2 with k(x, y) = (x.y/d + 1)^3.
 
     Each subset draws m = min(N1, N2, max_subset_size) samples without replacement, first
     from `features2` then from `features1`, with `np.random.RandomState(seed)`: the same
     draws as clean-fid's `kernel_distance` after `np.random.seed(seed)`. Unlike clean-fid
-    (which keeps the features' float32), the kernel sums are float64.
+    (which keeps the features' float32), the kernel sums are float64. clean-fid recomputes the
+    kernels of every subset (100 x 3 products of m x d by d x m); when the three kernel
+    matrices of all pairs have at most `max_kernel_entries` entries they are computed once and
+    each subset sums its block of them, which gives the same value to rounding.
     """
     features1 = np.asarray(features1, np.float64)
     features2 = np.asarray(features2, np.float64)
@@ -143,12 +151,24 @@ def kernel_inception_distance(features1, features2, num_subsets: int = 100,
     m = min(features1.shape[0], features2.shape[0], max_subset_size)
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {m}")
+    def kernel(u, v):
+        return (u @ v.T / d + 1) ** 3
+
+    n1, n2 = features1.shape[0], features2.shape[0]
+    whole = n1 * n1 + n2 * n2 + n1 * n2 <= max_kernel_entries
+    if whole:
+        k22, k11, k21 = kernel(features2, features2), kernel(features1, features1), kernel(features2, features1)
     rng = np.random.RandomState(seed)
     total = 0.0
     for _ in range(num_subsets):
-        x = features2[rng.choice(features2.shape[0], m, replace=False)]
-        y = features1[rng.choice(features1.shape[0], m, replace=False)]
-        a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
-        b = (x @ y.T / d + 1) ** 3
-        total += (a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m
+        ix = rng.choice(n2, m, replace=False)
+        iy = rng.choice(n1, m, replace=False)
+        if whole:  # a block's sums do not depend on its order; sorted rows read memory in order
+            ix, iy = np.sort(ix), np.sort(iy)
+            kxx, kyy, kxy = k22[np.ix_(ix, ix)], k11[np.ix_(iy, iy)], k21[np.ix_(ix, iy)]
+        else:
+            x, y = features2[ix], features1[iy]
+            kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+        a = kxx + kyy
+        total += (a.sum() - np.diag(a).sum()) / (m - 1) - kxy.sum() * 2 / m
     return float(total / num_subsets / m)

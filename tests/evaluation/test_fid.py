@@ -146,16 +146,25 @@ def test_frechet_distance_rejects_mismatched_statistics(features):
 # ----------------------------------------------------------------------------- KID
 
 
+@pytest.mark.parametrize("max_kernel_entries", [fid.MAX_KERNEL_ENTRIES, 0], ids=["kernels_once", "per_subset"])
 @pytest.mark.parametrize("max_subset_size", [1000, 50])
-def test_kid_matches_clean_fid(features, max_subset_size):
+def test_kid_matches_clean_fid(features, max_subset_size, max_kernel_entries):
     reference = _cleanfid("fid")
     f1, f2 = features
     np.random.seed(3)
     want = reference.kernel_distance(f1, f2, num_subsets=20, max_subset_size=max_subset_size)
-    got = fid.kernel_inception_distance(f1, f2, num_subsets=20,
-                                        max_subset_size=max_subset_size, seed=3)
+    got = fid.kernel_inception_distance(f1, f2, num_subsets=20, max_subset_size=max_subset_size, seed=3,
+                                        max_kernel_entries=max_kernel_entries)
     assert want > 1e-3
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_kid_from_the_kernels_of_all_pairs_equals_kid_per_subset(features):
+    f1, f2 = features[0], features[1][:150]  # sets of different sizes, subsets of 60
+    once = fid.kernel_inception_distance(f1, f2, num_subsets=30, max_subset_size=60, seed=5)
+    per_subset = fid.kernel_inception_distance(f1, f2, num_subsets=30, max_subset_size=60, seed=5,
+                                               max_kernel_entries=0)
+    np.testing.assert_allclose(once, per_subset, rtol=1e-10)
 
 
 def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel(features):

@@ -20,6 +20,13 @@ def parse_args(argv):
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics, figures and results go here")
     parser.add_argument("--mode", default="train", choices=MODES,
                         help="train (resumes, then evaluates) or eval (scores the latest checkpoint)")
+    group = parser.add_argument_group(
+        "several processes (hosts)", "Start the same command once per process. On a Cloud TPU VM slice, "
+        "under SLURM or Open MPI, SLOT_JAX_DISTRIBUTED=1 finds these by itself; elsewhere give all three.")
+    group.add_argument("--coordinator_address", metavar="HOST:PORT",
+                       help="address of process 0, which every process can reach")
+    group.add_argument("--num_processes", type=int, metavar="N", help="how many processes take part")
+    group.add_argument("--process_id", type=int, metavar="I", help="this process's index, 0 to N-1")
     known, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:
@@ -27,14 +34,36 @@ def parse_args(argv):
         if not key.startswith("--config.") or not sep:
             parser.error(f"unrecognised argument {arg!r}: config overrides look like --config.train.num_steps=100")
         overrides[key[len("--config."):]] = value
+    _check_processes(parser, known)
     return known, overrides
+
+
+def _check_processes(parser, args) -> None:
+    given = [name for name in ("coordinator_address", "num_processes", "process_id")
+             if getattr(args, name) is not None]
+    if given and len(given) < 3:
+        missing = sorted({"coordinator_address", "num_processes", "process_id"} - set(given))
+        parser.error(f"--{given[0]} needs --{' and --'.join(missing)} too (or none of them, "
+                     "with SLOT_JAX_DISTRIBUTED=1 on a TPU slice, SLURM or Open MPI)")
+    if given and args.num_processes < 1:
+        parser.error(f"--num_processes must be at least 1, got {args.num_processes}")
+    if given and not 0 <= args.process_id < args.num_processes:
+        parser.error(f"--process_id must be in 0..{args.num_processes - 1}, got {args.process_id}")
+
+
+def start_distributed(args) -> None:
+    """Joins the other processes of a multi-process run before anything touches a device."""
+    if args.num_processes is not None:
+        from slot_jax import distributed
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    elif os.environ.get("SLOT_JAX_DISTRIBUTED") == "1":  # TPU VM slice, SLURM, Open MPI
+        import jax
+        jax.distributed.initialize()
 
 
 def run(argv) -> int:
     args, overrides = parse_args(argv)
-    if os.environ.get("SLOT_JAX_DISTRIBUTED") == "1":  # multi-host (TPU pod slice, several GPU hosts)
-        import jax
-        jax.distributed.initialize()
+    start_distributed(args)
     from slot_jax.config_loader import config_from_args  # after argparse, so --help is instant
     config = config_from_args(args.config, overrides)
     if config.get("kind") == "slot_diffusion":  # the whole report: autoencoder, VAE, diffusion

@@ -68,16 +68,19 @@ def run_pipeline(config, workdir, mode: str) -> dict:
     check_all(config, workdirs, configs)
     workdir = prepare_workdir(workdir, create=mode == "train")
     results = {}
+    chief = jax.process_index() == 0  # one process speaks for a multi-process run
     for name, stage_workdir in workdirs.items():
         stage_config = configs[name]
         if mode == "train" and completed(stage_config, stage_workdir):
-            print(f"[{name}] trained and evaluated at step {stage_config.train.num_steps} already: "
-                  f"reusing {stage_workdir / 'eval_results.json'}", flush=True)
+            if chief:
+                print(f"[{name}] trained and evaluated at step {stage_config.train.num_steps} already: "
+                      f"reusing {stage_workdir / 'eval_results.json'}", flush=True)
             results[name] = json.loads((stage_workdir / "eval_results.json").read_text())
             continue
-        print(f"[{name}] {'training' if mode == 'train' else 'evaluating'} in {stage_workdir}", flush=True)
+        if chief:
+            print(f"[{name}] {'training' if mode == 'train' else 'evaluating'} in {stage_workdir}", flush=True)
         results[name] = (train if mode == "train" else evaluate_latest)(stage_config, stage_workdir)
-    if jax.process_index() == 0:
+    if chief:
         path = write_report(config, workdir, workdirs)
         print(f"report written to {path}", flush=True)
     return results

@@ -5,6 +5,8 @@ cannot be reached or its port cannot be bound, so both are checked here first an
 one-line errors.
 """
 import os
+import pathlib
+import secrets
 import socket
 import sys
 import time
@@ -71,3 +73,41 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int) ->
     print(f"process {process_id} of {num_processes} joining {host}:{port}", file=sys.stderr, flush=True)
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                initialization_timeout=int(seconds))
+
+
+def check_shared_workdir(workdir, create: bool) -> None:
+    """Every process must see the same workdir (a shared filesystem): process 0 writes a marker
+    there and each process looks for it. Otherwise each host would keep its own part of every
+    checkpoint and no process could restore one. All processes raise the same error."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    path = pathlib.Path(workdir)
+    chief = jax.process_index() == 0
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))
+    marker = path / f".slot_jax_shared_check_{token}"
+    created = False
+    if chief:
+        try:
+            created = create and not path.exists()
+            if created:
+                path.mkdir(parents=True)
+            marker.write_text(str(token))
+        except OSError:
+            token = -1  # workdir problems are reported by prepare_workdir on every process
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+    if token < 0:
+        return
+    try:
+        seen = marker.read_text() == str(token)
+    except OSError:
+        seen = False
+    blind = np.flatnonzero(~multihost_utils.process_allgather(np.bool_(seen)))
+    if chief:
+        marker.unlink()
+        if created and len(blind):
+            path.rmdir()
+    if len(blind):
+        raise UserError(f"process(es) {', '.join(map(str, blind))} cannot see workdir {path} as process 0 "
+                        "writes it: give every process the same --workdir, on a filesystem all hosts share")

@@ -66,6 +66,9 @@ def run(argv) -> int:
     start_distributed(args)
     from slot_jax.config_loader import config_from_args  # after argparse, so --help is instant
     config = config_from_args(args.config, overrides)
+    if args.num_processes is not None or os.environ.get("SLOT_JAX_DISTRIBUTED") == "1":
+        from slot_jax import distributed
+        distributed.check_shared_workdir(args.workdir, create=args.mode == "train")
     if config.get("kind") == "slot_diffusion":  # the whole report: autoencoder, VAE, diffusion
         from slot_jax.pipeline import run_pipeline
         run_pipeline(config, args.workdir, args.mode)

@@ -31,18 +31,25 @@ def _free_port() -> int:
     raise RuntimeError("no free port in 20000..32000")
 
 
-def _run_two_processes(args, tmp_path):
-    """The same command as processes 0 and 1 of two CPU devices each; returns their outputs."""
+def _run_two_processes(args, tmp_path, workdirs=None, expect_code=0, timeout=600):
+    """The command as processes 0 and 1 of two CPU devices each (with `workdirs[i]` as process
+    i's --workdir if given); returns their outputs."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env = {**os.environ, "XLA_FLAGS": " ".join(flags + ["--xla_force_host_platform_device_count=2"]),
            "HOME": str(tmp_path / "home"), "SLOT_JAX_INCEPTION_WEIGHTS": ""}
     address = f"localhost:{_free_port()}"
     processes = [subprocess.Popen([sys.executable, "-m", "slot_jax.main", *args, f"--coordinator_address={address}",
-                                   "--num_processes=2", f"--process_id={i}"], env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
+                                   "--num_processes=2", f"--process_id={i}",
+                                   *([f"--workdir={workdirs[i]}"] if workdirs else [])],
+                                  env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for i in (0, 1)]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+    finally:
+        for process in processes:
+            process.kill()
     for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
+        assert process.returncode == expect_code, output[-3000:]
     return outputs
 
 
@@ -72,6 +79,18 @@ def test_two_processes_train_resume_and_match_one(tmp_path, tiny_args):
     for key in ("val/decoder/ari", "val/decoder/fg_ari", "val/attention/fg_ari"):
         np.testing.assert_allclose(two_results[key], one_results[key], atol=5e-3, err_msg=key)
     assert (two / "figures" / "val_reconstructions.png").stat().st_size > 0
+
+
+def test_processes_with_different_workdirs_stop_before_writing(tmp_path, tiny_args):
+    workdirs = [tmp_path / "host0" / "run", tmp_path / "host1" / "run"]
+    args = tiny_args(workdirs[0], **{"train.num_steps": 2, "eval.num_examples": 8, "eval.num_compositions": 8})
+    # Without the check they would hang in their first checkpoint, each waiting for the other's part.
+    outputs = _run_two_processes(args, tmp_path, workdirs=workdirs, expect_code=2, timeout=180)
+    for workdir, output in zip(workdirs, outputs):
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: process(es) 1 cannot see workdir {workdir} as process 0 writes it: give "
+                          "every process the same --workdir, on a filesystem all hosts share"], output[-2000:]
+    assert not workdirs[0].exists() and not workdirs[1].exists()  # created for the check, removed
 
 
 @pytest.mark.parametrize("address", ["localhost", "localhost:", ":1234", "localhost:http", "localhost:70000"])

@@ -60,9 +60,9 @@ def _run(args) -> int:
                 stats.save(path)
         if args.out:
             write_atomically(pathlib.Path(args.out), json.dumps(result, indent=2))
+    except UserError:  # e.g. missing weights (also an OSError): its message names the fix already
+        raise
     except OSError as error:  # e.g. an unwritable --out or --save_stats path
-        if isinstance(error, UserError):  # missing weights: its message names the fix already
-            raise
         raise UserError(f"{error}: choose a writable path") from None
     line = f"FID ({result['mode']}): {result['fid']:.4f}"
     if "kid" in result:

@@ -38,11 +38,13 @@ def parse_args(argv):
     return known, overrides
 
 
+PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
 def _check_processes(parser, args) -> None:
-    given = [name for name in ("coordinator_address", "num_processes", "process_id")
-             if getattr(args, name) is not None]
-    if given and len(given) < 3:
-        missing = sorted({"coordinator_address", "num_processes", "process_id"} - set(given))
+    given = [name for name in PROCESS_FLAGS if getattr(args, name) is not None]
+    if given and len(given) < len(PROCESS_FLAGS):
+        missing = [name for name in PROCESS_FLAGS if name not in given]
         parser.error(f"--{given[0]} needs --{' and --'.join(missing)} too (or none of them, "
                      "with SLOT_JAX_DISTRIBUTED=1 on a TPU slice, SLURM or Open MPI)")
     if given and args.num_processes < 1:
@@ -51,22 +53,26 @@ def _check_processes(parser, args) -> None:
         parser.error(f"--process_id must be in 0..{args.num_processes - 1}, got {args.process_id}")
 
 
-def start_distributed(args) -> None:
-    """Joins the other processes of a multi-process run before anything touches a device."""
+def start_distributed(args) -> bool:
+    """Joins the other processes of a multi-process run before anything touches a device;
+    whether this is one."""
     if args.num_processes is not None:
         from slot_jax import distributed
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    elif os.environ.get("SLOT_JAX_DISTRIBUTED") == "1":  # TPU VM slice, SLURM, Open MPI
+        return True
+    if os.environ.get("SLOT_JAX_DISTRIBUTED") == "1":  # TPU VM slice, SLURM, Open MPI
         import jax
         jax.distributed.initialize()
+        return True
+    return False
 
 
 def run(argv) -> int:
     args, overrides = parse_args(argv)
-    start_distributed(args)
+    several_processes = start_distributed(args)
     from slot_jax.config_loader import config_from_args  # after argparse, so --help is instant
     config = config_from_args(args.config, overrides)
-    if args.num_processes is not None or os.environ.get("SLOT_JAX_DISTRIBUTED") == "1":
+    if several_processes:
         from slot_jax import distributed
         distributed.check_shared_workdir(args.workdir, create=args.mode == "train")
     if config.get("kind") == "slot_diffusion":  # the whole report: autoencoder, VAE, diffusion

@@ -8,6 +8,8 @@
 # slice's topology, the global batch is split across hosts by slot_jax's input pipeline, and the
 # train step is one jax.jit over all chips of the slice. The workdir must be a filesystem path that
 # every host sees (an NFS share or a gcsfuse-mounted bucket): gs:// URLs are not supported yet.
+# A preempted (spot) slice gets SIGTERM: every host saves the same step and exits with status 143;
+# the same command on the recreated slice resumes there.
 set -euo pipefail
 TPU_NAME=${1:?usage: launch/tpu_vm.sh TPU_NAME ZONE "ARGS"}
 ZONE=${2:?usage: launch/tpu_vm.sh TPU_NAME ZONE "ARGS"}

@@ -88,11 +88,15 @@ def run(argv) -> int:
 
 
 def main(argv=None) -> int:
+    from slot_jax.training.stopping import Stopped
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         print("interrupted: the latest completed checkpoint is kept; rerun the same command to resume",
               file=sys.stderr)

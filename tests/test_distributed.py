@@ -3,9 +3,12 @@ evaluate as one run, and match one process of four devices; bad addresses fail i
 import json
 import os
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -31,26 +34,39 @@ def _free_port() -> int:
     raise RuntimeError("no free port in 20000..32000")
 
 
-def _run_two_processes(args, tmp_path, workdirs=None, expect_code=0, timeout=600):
+def _start_two_processes(args, tmp_path, workdirs=None):
     """The command as processes 0 and 1 of two CPU devices each (with `workdirs[i]` as process
-    i's --workdir if given); returns their outputs."""
+    i's --workdir if given), writing to tmp_path/process_{i}.txt."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env = {**os.environ, "XLA_FLAGS": " ".join(flags + ["--xla_force_host_platform_device_count=2"]),
            "HOME": str(tmp_path / "home"), "SLOT_JAX_INCEPTION_WEIGHTS": ""}
     address = f"localhost:{_free_port()}"
-    processes = [subprocess.Popen([sys.executable, "-m", "slot_jax.main", *args, f"--coordinator_address={address}",
-                                   "--num_processes=2", f"--process_id={i}",
-                                   *([f"--workdir={workdirs[i]}"] if workdirs else [])],
-                                  env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for i in (0, 1)]
+    processes = []
+    for i in (0, 1):
+        with open(tmp_path / f"process_{i}.txt", "w") as output:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "slot_jax.main", *args, f"--coordinator_address={address}",
+                 "--num_processes=2", f"--process_id={i}", *([f"--workdir={workdirs[i]}"] if workdirs else [])],
+                env=env, text=True, stdout=output, stderr=subprocess.STDOUT))
+    return processes
+
+
+def _finish(processes, tmp_path, expect_code=0, timeout=600):
+    """Waits for the processes (killing them if they outlive the timeout); returns their outputs."""
     try:
-        outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+        for process in processes:
+            process.wait(timeout=timeout)
     finally:
         for process in processes:
             process.kill()
+    outputs = [(tmp_path / f"process_{i}.txt").read_text() for i in (0, 1)]
     for process, output in zip(processes, outputs):
         assert process.returncode == expect_code, output[-3000:]
     return outputs
+
+
+def _run_two_processes(args, tmp_path, workdirs=None, expect_code=0, timeout=600):
+    return _finish(_start_two_processes(args, tmp_path, workdirs), tmp_path, expect_code, timeout)
 
 
 def _losses(workdir):
@@ -91,6 +107,27 @@ def test_processes_with_different_workdirs_stop_before_writing(tmp_path, tiny_ar
         assert errors == [f"error: process(es) 1 cannot see workdir {workdir} as process 0 writes it: give "
                           "every process the same --workdir, on a filesystem all hosts share"], output[-2000:]
     assert not workdirs[0].exists() and not workdirs[1].exists()  # created for the check, removed
+
+
+def test_a_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path, tiny_args):
+    workdir = tmp_path / "run"
+    args = tiny_args(workdir, **{**SMALL_EVAL, "train.num_steps": 1000, "train.checkpoint_every": 1000,
+                                 "train.log_every": 1})
+    processes = _start_two_processes(args, tmp_path)
+    metrics, deadline = workdir / "metrics.jsonl", time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.time() < deadline and all(p.poll() is None for p in processes), \
+            (tmp_path / "process_0.txt").read_text()[-3000:]
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)  # a preemption notice to one host of the slice
+    outputs = _finish(processes, tmp_path, expect_code=143, timeout=180)
+    stops = [re.findall(r"stopped by a preemption notice \(SIGTERM\) to a process of this run after step (\d+): "
+                        r"checkpoint saved in (\S+); rerun the same command to resume", output) for output in outputs]
+    assert stops[0] == stops[1] and len(stops[0]) == 1, outputs[0][-2000:] + outputs[1][-2000:]
+    step, checkpoint = int(stops[0][0][0]), stops[0][0][1]
+    assert checkpoint == str(workdir.absolute() / "checkpoints" / str(step))
+    assert [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] == [str(step)]
+    assert max(_losses(workdir)) == step < 1000
 
 
 @pytest.mark.parametrize("address", ["localhost", "localhost:", ":1234", "localhost:http", "localhost:70000"])

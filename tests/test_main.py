@@ -187,3 +187,43 @@ def test_plateau_schedule_cuts_the_learning_rate_after_bad_evaluations_and_resum
     # logged before each step's evaluation: 1e-3, then x0.1 per evaluation, floored at 1e-6
     assert rates[2] == pytest.approx(1e-3) and rates[4] == pytest.approx(1e-4)
     assert rates[6] == pytest.approx(1e-5) and rates[8] == pytest.approx(1e-6)
+
+
+def test_ctrl_c_saves_the_step_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path, tiny_args, capsys,
+                                                                                 monkeypatch):
+    # Stopping at an evaluation step: the plateau schedule (cutting at every evaluation) must see it.
+    settings = {"train.schedule": "plateau", "train.learning_rate": 1e-3, "train.eval_every": 2,
+                "train.plateau_patience": 0, "train.plateau_threshold": 1.0, "train.checkpoint_every": 1000,
+                "train.min_learning_rate": 1e-6, "train.log_every": 1}
+    whole = tmp_path / "whole"
+    code, err = _run_cli(tiny_args(whole, **settings, **{"train.num_steps": 6}), capsys)
+    assert code == 0, err
+
+    from slot_jax.training import loop
+    log_window = loop.log_window
+
+    def press_ctrl_c_at_step_3(experiment, state, step, *args):
+        log_window(experiment, state, step, *args)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loop, "log_window", press_ctrl_c_at_step_3)
+    stopped = tmp_path / "stopped"
+    code, err = _run_cli(tiny_args(stopped, **settings, **{"train.num_steps": 6}), capsys)
+    assert code == 130
+    assert err.splitlines()[-1] == (f"stopped by SIGINT after step 4: checkpoint saved in {stopped.absolute()}"
+                                    "/checkpoints/4; rerun the same command to resume")
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
+    assert not (stopped / "eval_results.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the loop gave Ctrl-C back
+
+    monkeypatch.setattr(loop, "log_window", log_window)
+    code, err = _run_cli(tiny_args(stopped, **settings, **{"train.num_steps": 6}), capsys)
+    assert code == 0, err
+    records = lambda workdir: {(r["step"], key): value for r in map(json.loads, (workdir / "metrics.jsonl").open())
+                               for key, value in r.items() if key in ("loss", "learning_rate", "val/loss")}
+    resumed, uninterrupted = records(stopped), records(whole)
+    assert resumed.keys() == uninterrupted.keys()
+    np.testing.assert_allclose([resumed[k] for k in sorted(resumed)], [uninterrupted[k] for k in sorted(resumed)],
+                               rtol=1e-6)
+    assert resumed[(6, "learning_rate")] == pytest.approx(1e-5)  # cut at steps 2 and 4 (the stop) already

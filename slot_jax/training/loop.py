@@ -11,6 +11,7 @@ from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.experiment import prepare_workdir, slow_dtype_note, write_atomically
 from slot_jax.training.kinds import build_experiment
 from slot_jax.training.optimizer import Plateau, plateau_step
+from slot_jax.training.stopping import StopRequests, Stopped
 from slot_jax.training.writers import MetricWriter, Progress
 
 
@@ -43,28 +44,25 @@ def train(config, workdir) -> dict:
                             process_count=jax.process_count())
     window, started = [], time.perf_counter()
     try:
-        for step in range(start_step + 1, config.train.num_steps + 1):
-            state, metrics = experiment.train_step(state, mesh_lib.global_batch(next(batches), experiment.mesh))
-            window.append(metrics)
-            last = step == config.train.num_steps
-            saving = step % config.train.checkpoint_every == 0 or last
-            if step % config.train.log_every == 0 or saving:
-                scalars = _mean_metrics(window)
-                window = []
-                if scalars.pop("nonfinite") > 0:
-                    raise UserError(f"loss became NaN/inf before step {step} (nothing saved after step "
-                                    f"{checkpointer.latest_step()}): lower config.train.learning_rate or set "
-                                    "config.train.grad_clip_norm")
-                scalars["learning_rate"] = float(experiment.schedule(step)) * float(state.lr_scale)
-                progress.update(step, {"loss": scalars["loss"]})
-                writer.write(step, scalars)
-            if step % config.train.eval_every == 0:
-                summary = experiment.validate(state.params)
-                writer.write(step, summary)
-                if config.train.schedule == "plateau":
-                    state = apply_plateau(config, state, summary["val/loss"])
-            if saving:
-                checkpointer.save(state, config)
+        with StopRequests() as requests:
+            for step in range(start_step + 1, config.train.num_steps + 1):
+                state, metrics = experiment.train_step(state, mesh_lib.global_batch(next(batches), experiment.mesh))
+                window.append(metrics)
+                stopping = requests.reached(step)
+                saving = step % config.train.checkpoint_every == 0 or step == config.train.num_steps or stopping
+                if step % config.train.log_every == 0 or saving:
+                    log_window(experiment, state, step, window, writer, progress, checkpointer)
+                    window = []
+                if step % config.train.eval_every == 0:  # also when stopping: a resumed run must
+                    summary = experiment.validate(state.params)  # see the same plateau decisions
+                    writer.write(step, summary)
+                    if config.train.schedule == "plateau":
+                        state = apply_plateau(config, state, summary["val/loss"])
+                if saving:
+                    checkpointer.save(state, config)
+                if stopping:
+                    checkpointer.wait()
+                    raise Stopped(step, requests.cause, checkpointer.directory / str(step), requests.exit_status)
     finally:
         checkpointer.wait()
         batches.close()
@@ -76,6 +74,18 @@ def train(config, workdir) -> dict:
     results = experiment.evaluate(workdir, state)
     checkpointer.close()
     return results
+
+
+def log_window(experiment, state, step, window, writer, progress, checkpointer) -> None:
+    """Writes the mean metrics of the steps since the last log; refuses a NaN/inf loss among them."""
+    scalars = _mean_metrics(window)
+    if scalars.pop("nonfinite") > 0:
+        raise UserError(f"loss became NaN/inf before step {step} (nothing saved after step "
+                        f"{checkpointer.latest_step()}): lower config.train.learning_rate or set "
+                        "config.train.grad_clip_norm")
+    scalars["learning_rate"] = float(experiment.schedule(step)) * float(state.lr_scale)
+    progress.update(step, {"loss": scalars["loss"]})
+    writer.write(step, scalars)
 
 
 def apply_plateau(config, state, val_loss: float):

@@ -158,3 +158,42 @@ def test_eval_mode_rescores_every_stage_and_rewrites_the_report(trained, capsys)
     assert (results["sampler/name"], results["sampler/num_steps"]) == ("dpm_solver++", 3)
     for stage, before in checkpoints.items():
         assert _snapshot(trained / stage / "checkpoints") == before  # evaluation writes no checkpoint
+
+
+def test_the_diffusion_model_loads_decomposes_and_samples_like_its_evaluation(trained, tmp_path, capsys):
+    from PIL import Image
+    from sklearn.metrics import adjusted_rand_score
+
+    from slot_jax import decompose
+    from slot_jax.data.pipeline import eval_batches
+    from slot_jax.trained import load, read_config
+
+    model = load(trained)
+    c = model.config
+    assert model.kind == "slot_diffusion" and model.image_size == (64, 64)
+    batches = list(eval_batches(model.experiment.info, "val", c.eval.num_examples, c.eval.batch_size, c.data.seed))
+    images, masks = (np.concatenate([b[key] for b in batches]) for key in ("image", "mask"))
+    parts = model.decompose(images)
+    assert parts["slots"].shape == (16, c.model.num_slots, 16) and "recon" not in parts
+    ari = np.mean([adjusted_rand_score(t.ravel(), p.ravel()) for p, t in zip(parts["segmentation"], masks)])
+    results = json.loads((trained / "eval_results.json").read_text())
+    assert ari == pytest.approx(results["val/attention/ari"], abs=1e-4)
+    first, again, other = (model.decode(parts["slots"][:2], seed=s) for s in (1, 1, 2))
+    assert first.shape == (2, 64, 64, 3) and np.array_equal(first, again) and not np.allclose(first, other)
+
+    for i in range(2):
+        Image.fromarray(images[i]).save(tmp_path / f"{i}.png")
+    out = tmp_path / "parts"
+    assert decompose.main([str(tmp_path / "0.png"), str(tmp_path / "1.png"), f"--workdir={trained}",
+                           f"--out={out}", "--sample"]) == 0
+    assert "sampling (" in capsys.readouterr().err  # progress of the sampler
+    with np.load(out / "decomposition.npz") as saved:
+        assert saved["recon"].shape == (2, 64, 64, 3)
+        np.testing.assert_allclose(saved["slots"], parts["slots"][:2], atol=1e-6)
+    assert (out / "decomposition.png").stat().st_size > 0
+
+    moved = tmp_path / "moved"  # a run copied elsewhere finds its VAE beside it
+    (moved / "vae" / "checkpoints").mkdir(parents=True)
+    config = json.loads((trained / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "vae_workdir": str(tmp_path / "gone")}))
+    assert read_config(moved).vae_workdir == str((moved / "vae").absolute())

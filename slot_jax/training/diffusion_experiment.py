@@ -123,6 +123,9 @@ class DiffusionExperiment(ExperimentBase):
             return self._sample(params, self.frozen, jnp.asarray(slots), key)
         return decode
 
+    def eval_slots_rng(self):
+        return jax.random.split(self.eval_rng())[0]  # as diffusion_loss_terms splits the eval key
+
     def validate(self, params) -> dict:
         per_example, _, _ = score_split(self, params)
         return summarise(per_example, "val", sources=("attention",))

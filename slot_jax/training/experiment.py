@@ -171,6 +171,10 @@ class ExperimentBase:
     def eval_rng(self):
         return jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET)
 
+    def eval_slots_rng(self):
+        """The key the evaluation draws its initial slots from."""
+        return self.eval_rng()
+
     def validate(self, params) -> dict:
         """Scalars for metrics.jsonl during training."""
         raise NotImplementedError

@@ -125,6 +125,8 @@ class TrainedModel:
             raise UserError(f"images of shape {images.shape} do not fit this model: it takes "
                             f"[N, {self.image_size[0]}, {self.image_size[1]}, 3]; read files with "
                             "slot_jax.trained.read_images(paths, model.image_size), which resizes them")
+        if not len(images):
+            raise UserError("no images to decompose: pass at least one")
         if images.dtype == np.uint8:
             return images.astype(np.float32) / 255.0
         images = images.astype(np.float32)

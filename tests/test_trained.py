@@ -127,6 +127,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(workdir, tmp_path, cap
     assert not out.exists()
     model = load(workdir)
     for images, message in ((np.zeros((2, 32, 32, 3), np.uint8), r"\[N, 35, 35, 3\]"),
+                            (np.zeros((0, 35, 35, 3), np.uint8), "no images to decompose"),
                             (np.full((1, 35, 35, 3), np.nan, np.float32), "finite values in"),
                             (np.full((1, 35, 35, 3), 2.0, np.float32), r"in \[0, 1\]")):
         with pytest.raises(UserError, match=message):

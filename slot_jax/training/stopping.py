@@ -47,7 +47,8 @@ class StopRequests:
         # In a multi-process run SIGTERM belongs to JAX's preemption service.
         caught = (signal.SIGINT,) if self.several_processes else (signal.SIGINT, signal.SIGTERM)
         for number in caught:
-            self._previous[number] = signal.signal(number, self._handle)
+            if signal.getsignal(number) is not signal.SIG_IGN:  # nohup, or a background job of a script
+                self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def __exit__(self, *exc_info):

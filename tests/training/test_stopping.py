@@ -40,6 +40,17 @@ def test_a_second_sigterm_ends_the_process():
     assert result.returncode == -signal.SIGTERM and result.stdout == "asked True\n", result.stderr[-2000:]
 
 
+def test_an_ignored_signal_stays_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a background job of a script
+    try:
+        with StopRequests() as requests:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not requests.reached(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_off_the_main_thread_signals_are_left_alone():
     before = signal.getsignal(signal.SIGTERM)
     seen = []

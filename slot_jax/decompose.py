@@ -55,7 +55,8 @@ def write_figure(path: pathlib.Path, images, parts: dict, max_rows: int) -> None
 
 def run(argv) -> int:
     args = parse_args(argv)
-    from slot_jax.trained import image_files, load, read_images
+    from slot_jax.data.image_files import image_files, read_images
+    from slot_jax.trained import load
 
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():

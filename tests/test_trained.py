@@ -12,7 +12,7 @@ from slot_jax import decompose
 from slot_jax import main as cli
 from slot_jax.data.pipeline import eval_batches
 from slot_jax.errors import UserError
-from slot_jax.trained import _with_inference_changes, load, read_config, read_images
+from slot_jax.trained import _with_inference_changes, load, read_config
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +69,6 @@ def test_slot_attention_runs_with_other_slot_and_iteration_counts(workdir):
     with pytest.raises(UserError, match="learned its 4 initial slots one by one"):
         _with_inference_changes(learned, 7, None)
     assert _with_inference_changes(learned, 4, 2).model.num_iterations == 2
-
-
-def test_files_of_any_size_are_cropped_about_the_centre_and_resized(tmp_path):
-    wide = np.zeros((40, 80, 3), np.uint8)  # red | green (the centre 40 x 40) | blue
-    wide[:, :20, 0], wide[:, 20:60, 1], wide[:, 60:, 2] = 255, 255, 255
-    Image.fromarray(wide).save(tmp_path / "wide.png")
-    Image.fromarray(wide.transpose(1, 0, 2)).save(tmp_path / "tall.jpg", quality=100)
-    images = read_images([tmp_path], (35, 35))  # a directory: its images in name order
-    assert images.shape == (2, 35, 35, 3) and images.dtype == np.uint8
-    np.testing.assert_allclose(images.reshape(-1, 3).mean(axis=0), [0, 255, 0], atol=3)
 
 
 def test_command_line_writes_the_decomposition_and_its_figure(workdir, tmp_path, capsys):

@@ -15,12 +15,12 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from slot_jax.data.image_files import image_files, read_images  # noqa: F401 (part of this API)
+from slot_jax.data.image_files import read_images  # noqa: F401 (part of this API)
 from slot_jax.errors import UserError
+from slot_jax.models.autoencoder import attention_masks
 
 
 def _tuples(value):
@@ -70,8 +70,8 @@ def load(workdir, *, step: int | None = None, num_slots: int | None = None,
          num_iterations: int | None = None) -> "TrainedModel":
     """The model of a workdir at its latest (or the given) checkpoint, optionally run with another
     number of slots or Slot Attention iterations than it was trained with."""
-    from slot_jax.training.checkpoint import Checkpointer
     from slot_jax.training.kinds import build_experiment
+    from slot_jax.training.loop import restore_latest
 
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
@@ -84,17 +84,7 @@ def load(workdir, *, step: int | None = None, num_slots: int | None = None,
     # this machine's device count), and XLA already spreads one CPU device over all cores.
     experiment = build_experiment(_with_inference_changes(saved, num_slots, num_iterations),
                                   devices=jax.local_devices()[:1])
-    checkpointer = Checkpointer(workdir, async_save=False)
-    try:
-        steps = checkpointer.manager.all_steps()
-        if not steps:
-            raise UserError(f"no checkpoint in {workdir / 'checkpoints'}: train first with python -m slot_jax.main")
-        if step is not None and step not in steps:
-            raise UserError(f"no checkpoint of step {step} in {workdir / 'checkpoints'}: it has steps "
-                            f"{', '.join(map(str, sorted(steps)))}")
-        state = checkpointer.restore(experiment.abstract_state(), saved, step)
-    finally:
-        checkpointer.close()
+    state = restore_latest(experiment, workdir, step=step, saved_config=saved)
     return TrainedModel(experiment, state.params, int(jax.device_get(state.step)))
 
 
@@ -108,8 +98,12 @@ class TrainedModel:
         self.image_size = tuple(experiment.info.image_size)
         model = experiment.model
         method = model.encode if self.kind == "slot_diffusion" else None  # the UNet needs no call here
-        self._apply = jax.jit(lambda params, image, rng: model.apply(
-            {"params": params}, image, rngs={"slots": rng}, method=method))
+
+        def apply(params, image, rng):
+            outputs = model.apply({"params": params}, image, rngs={"slots": rng}, method=method)
+            outputs["attention"] = attention_masks(outputs.pop("attn"), image.shape[1:3])
+            return outputs
+        self._apply = jax.jit(apply)
 
     @property
     def num_slots(self) -> int:
@@ -143,8 +137,6 @@ class TrainedModel:
         of the validation set get the slots the run's evaluation scored, in batches of
         config.eval.batch_size as there.
         """
-        from slot_jax.models.autoencoder import attention_masks
-
         images = self.prepare(images)
         rng = self.experiment.eval_slots_rng() if seed is None else jax.random.PRNGKey(seed)
         batch_size = self.config.eval.batch_size
@@ -153,16 +145,13 @@ class TrainedModel:
             chunk = images[start:start + batch_size]
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
             out = self._apply(self.params, jax.device_put(padded, self.experiment.data_sharded), rng)
-            out = {k: np.asarray(v)[:len(chunk)] for k, v in out.items()}
-            out["attention"] = np.asarray(attention_masks(jnp.asarray(out.pop("attn")), self.image_size))
-            parts.append(out)
+            parts.append({k: np.asarray(v)[:len(chunk)] for k, v in out.items()})
         result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if "masks" in result:
             result["masks"] = result["masks"][..., 0]
             result["segmentation"] = np.argmax(result["masks"], axis=1)
         else:
             result["segmentation"] = np.argmax(result["attention"], axis=1)
-        result.pop("prediction", None)
         return result
 
     def decode(self, slots, *, seed: int = 0, on_batch=None) -> np.ndarray:

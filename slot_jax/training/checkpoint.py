@@ -74,6 +74,9 @@ class Checkpointer:
                 f"({'; '.join(differences[:3])}): use a new --workdir or the config that made it")
 
     def restore(self, abstract_state, config, step=None):
+        if step is not None and step not in self.manager.all_steps():
+            raise UserError(f"no checkpoint of step {step} in {self.directory}: it has steps "
+                            f"{', '.join(map(str, sorted(self.manager.all_steps()))) or 'none'}")
         step = self.latest_step() if step is None else step
         self.check_architecture(config, step)
         try:

@@ -60,8 +60,7 @@ def train(config, workdir) -> dict:
                         state = apply_plateau(config, state, summary["val/loss"])
                 if saving:
                     checkpointer.save(state, config)
-                if stopping:
-                    checkpointer.wait()
+                if stopping:  # the finally clause below waits for the save
                     raise Stopped(step, requests.cause, checkpointer.directory / str(step), requests.exit_status)
     finally:
         checkpointer.wait()
@@ -99,12 +98,14 @@ def apply_plateau(config, state, val_loss: float):
                          plateau_bad_evals=put(plateau.bad_evals, np.int32))
 
 
-def restore_latest(experiment, workdir):
+def restore_latest(experiment, workdir, *, step=None, saved_config=None):
+    """The workdir's latest train state (or `step`'s). `saved_config`, when the experiment's differs
+    from the one that trained (another slot count), is the one its architecture is checked against."""
     checkpointer = Checkpointer(workdir, keep=experiment.config.train.keep_checkpoints, async_save=False)
     try:
         if checkpointer.latest_step() is None:
             raise UserError(f"no checkpoint in {workdir / 'checkpoints'}: train first with --mode=train")
-        return checkpointer.restore(experiment.abstract_state(), experiment.config)
+        return checkpointer.restore(experiment.abstract_state(), saved_config or experiment.config, step)
     finally:
         checkpointer.close()
 

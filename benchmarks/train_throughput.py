@@ -248,12 +248,15 @@ def worker_main(args) -> None:
 def worker_env(jax_variant: str) -> dict:
     """The environment of a worker: a "+ynn" variant keeps XLA's YNNPACK convolutions, a
     "+no_onednn" one turns oneDNN off (SLOT_JAX_ONEDNN=0). (This process imported slot_jax, which
-    put its flag into XLA_FLAGS: the child must not inherit it.)"""
-    from slot_jax import onednn, xla_cpu
+    put its flag into XLA_FLAGS: the child must not inherit it.) Workers of both frameworks get the
+    allocator that `python -m slot_jax.main` would run with (tcmalloc or huge pages, see
+    slot_jax/host_memory.py); SLOT_JAX_HUGEPAGES=0 keeps the driver's environment."""
+    from slot_jax import host_memory, onednn, xla_cpu
     # Nor the driver's XLA_PYTHON_CLIENT_PREALLOCATE (see driver_device): JAX workers allocate as usual.
     env = {k: v for k, v in os.environ.items()
            if k not in (xla_cpu.OPT_OUT, onednn.SWITCH, "XLA_PYTHON_CLIENT_PREALLOCATE")}
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f != xla_cpu.FLAG)
+    env = host_memory.host_environment(env) or env
     if YNN_SUFFIX in jax_variant:
         env[xla_cpu.OPT_OUT] = "1"
     if NO_ONEDNN_SUFFIX in jax_variant:
@@ -281,8 +284,11 @@ def machine() -> dict:
             "jax": jax.__version__,
             "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()],
             "jaxlib": __import__("jaxlib").__version__}
-    if os.environ.get("GLIBC_TUNABLES"):  # e.g. glibc.malloc.hugetlb=1, which changes the timings
-        info["glibc_tunables"] = os.environ["GLIBC_TUNABLES"]
+    from slot_jax import host_memory
+    workers = host_memory.host_environment(os.environ) or os.environ  # the allocator changes the timings
+    for variable in ("GLIBC_TUNABLES", "LD_PRELOAD"):
+        if workers.get(variable):
+            info[variable.lower()] = workers[variable]
     if jax.default_backend() == "cpu":  # whether conv_impl=auto can call oneDNN here (+no_onednn runs turn it off)
         from slot_jax import onednn
         info["onednn_usable"] = onednn.available()

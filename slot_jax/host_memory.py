@@ -1,13 +1,19 @@
-"""Transparent huge pages for the command line's large host buffers (Linux with glibc >= 2.35).
+"""The memory allocator behind the command line's large host buffers (Linux).
 
 XLA:CPU allocates a step's temporaries and outputs afresh on every call, and glibc maps each block
 above 32 MB with new 4 KiB pages, so every step faults them in again: about 130,000 page faults
-per train step of the 64x64 benchmark model, at about 1.6 us each on our VM. glibc's tunable
-`glibc.malloc.hugetlb=1` asks for transparent huge pages (2 MiB) on those mappings, which cuts the
-faults to a few hundred per step. glibc reads tunables only when a process starts, so
-`python -m slot_jax.main` runs itself again, once, with the tunable added to GLIBC_TUNABLES.
-Set SLOT_JAX_HUGEPAGES=0 to keep the process as started.
+per train step of the 64x64 benchmark model, at about 1.6 us each on our VM. Two remedies, in the
+order they are tried:
+- gperftools' tcmalloc, where it is installed (Debian/Ubuntu: libtcmalloc-minimal4; conda:
+  gperftools), preloaded in place of glibc's malloc. It keeps freed blocks for the next step, so
+  a step faults almost nothing in and the kernel zeroes nothing (benchmarks/host_memory.py).
+- glibc's tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35), which asks for transparent huge pages
+  (2 MiB) on those mappings: a few hundred faults per step, but each new page is still zeroed.
+Both act only from a process's start, so `python -m slot_jax.main` runs itself again, once, with
+LD_PRELOAD or GLIBC_TUNABLES extended. SLOT_JAX_TCMALLOC=0 skips tcmalloc; SLOT_JAX_HUGEPAGES=0
+keeps the process as started.
 """
+import ctypes.util
 import os
 import pathlib
 import platform
@@ -16,6 +22,10 @@ from typing import Mapping, Optional
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "SLOT_JAX_HUGEPAGES"
+NO_TCMALLOC = "SLOT_JAX_TCMALLOC"
+TCMALLOC_LIBRARIES = ("tcmalloc_minimal", "tcmalloc")  # gperftools' builds, without and with its profiler
+# gperftools reports each allocation above 1 GiB on stderr; the report configs' steps make them routinely.
+TCMALLOC_QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(2 ** 40)}
 THP_SETTING = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -37,12 +47,32 @@ def _glibc_version() -> tuple:
         return ()
 
 
-def hugepage_environment(environ: Mapping[str, str]) -> Optional[dict]:
-    """The environment to run again in, or None where it would change nothing: not Linux, glibc
-    older than 2.35 (no such tunable), huge pages off in the kernel, the tunable already set (also
-    after the re-run), or the opt-out."""
+def find_tcmalloc() -> Optional[str]:
+    """The name the dynamic loader knows gperftools' tcmalloc by, or None where it is not installed."""
+    for name in TCMALLOC_LIBRARIES:
+        found = ctypes.util.find_library(name)
+        if found:
+            return found
+    return None
+
+
+def _allocator_preloaded(preload: str) -> bool:
+    """Whether LD_PRELOAD already names an allocator (tcmalloc, jemalloc, mimalloc, ...)."""
+    return any("malloc" in pathlib.Path(entry).name for entry in preload.replace(":", " ").split())
+
+
+def host_environment(environ: Mapping[str, str]) -> Optional[dict]:
+    """The environment to run again in, or None where it would change nothing: not Linux, an
+    allocator already preloaded or the huge-page tunable already set (by the user, or by the
+    re-run itself), neither remedy available, or the opt-out."""
     if sys.platform != "linux" or environ.get(OPT_OUT) == "0":
         return None
+    preload = environ.get("LD_PRELOAD", "")
+    if _allocator_preloaded(preload):
+        return None
+    tcmalloc = find_tcmalloc() if environ.get(NO_TCMALLOC) != "0" else None
+    if tcmalloc is not None:
+        return {**TCMALLOC_QUIET, **environ, "LD_PRELOAD": " ".join(filter(None, [tcmalloc, preload]))}
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables:
         return None
@@ -51,10 +81,10 @@ def hugepage_environment(environ: Mapping[str, str]) -> Optional[dict]:
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, TUNABLE]))}
 
 
-def rerun_with_hugepages() -> None:
-    """Replaces this process by the same command line (interpreter options included) with huge
-    pages on, where that helps. Call it before any work: nothing printed, no JAX computation.
+def rerun_with_host_allocator() -> None:
+    """Replaces this process by the same command line (interpreter options included) with tcmalloc
+    or huge pages, where that helps. Call it before any work: nothing printed, no JAX computation.
     Returns only where it changes nothing."""
-    environment = hugepage_environment(os.environ)
+    environment = host_environment(os.environ)
     if environment is not None and sys.executable:  # an embedded interpreter may have no executable
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)

@@ -104,6 +104,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from slot_jax.host_memory import rerun_with_hugepages
-    rerun_with_hugepages()  # fewer page faults on the CPU; see slot_jax/host_memory.py
+    from slot_jax.host_memory import rerun_with_host_allocator
+    rerun_with_host_allocator()  # tcmalloc or huge pages: fewer page faults on the CPU; see slot_jax/host_memory.py
     sys.exit(main())

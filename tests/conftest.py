@@ -19,8 +19,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import pathlib
+import signal
 
 import pytest
+
+# A suite started in the background by a shell (`nohup ... &`) inherits Ctrl-C ignored, which the
+# stop handlers rightly leave alone; the tests of Ctrl-C need it as a foreground process has it
+# (and processes they start inherit it, since a handler, unlike "ignored", is reset at exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from slot_jax import onednn
 

@@ -8,10 +8,10 @@ XLA:CPU allocates every step's temporaries and outputs afresh. glibc serves bloc
 threshold (at most 32 MB) with new mappings, which the kernel must fault in and zero on every step;
 the settings compared:
 - default: glibc's malloc as it starts (GLIBC_TUNABLES and LD_PRELOAD unset);
-- hugetlb: glibc.malloc.hugetlb=1 (2 MiB pages for those mappings; slot_jax's fallback);
+- hugetlb: glibc.malloc.hugetlb=1 (2 MiB pages for those mappings; slot_jax's default);
 - reuse: hugetlb plus no mmap and no trimming, so glibc keeps freed blocks on its heap;
 - heap: the same without huge pages;
-- tcmalloc: gperftools' tcmalloc preloaded (slot_jax's choice where installed);
+- tcmalloc: gperftools' tcmalloc preloaded, as with SLOT_JAX_TCMALLOC=1;
 - jemalloc: jemalloc preloaded, with huge pages and no decay (Debian: libjemalloc2).
 A step is "sa:MODEL:BATCH" (train_throughput.py's models) or "unet:UNET:BATCH" (diffusion_speed.py's).
 Prints a table and appends one JSON line per step and setting to benchmarks/results/host_memory.jsonl.
@@ -40,7 +40,7 @@ def settings() -> dict:
     return {"default": {}, "hugetlb": {"GLIBC_TUNABLES": host_memory.TUNABLE},
             "reuse": {"GLIBC_TUNABLES": keep},
             "heap": {"GLIBC_TUNABLES": keep.replace(host_memory.TUNABLE + ":", "")},
-            "tcmalloc": {"LD_PRELOAD": host_memory.find_tcmalloc() or "", **host_memory.TCMALLOC_QUIET},
+            "tcmalloc": {"LD_PRELOAD": host_memory.find_tcmalloc() or "", **host_memory.TCMALLOC_SETTINGS},
             "jemalloc": {"LD_PRELOAD": ctypes.util.find_library("jemalloc") or "",
                          "MALLOC_CONF": "thp:always,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"}}
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     missing = [name for name in names if tunables[name].get("LD_PRELOAD") == ""]
     if missing:
         parser.error(f"--settings {missing}: library not installed (Debian: libtcmalloc-minimal4, libjemalloc2)")
-    base_env = {k: v for k, v in worker_env("auto").items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF", *host_memory.TCMALLOC_QUIET)}
+    base_env = {k: v for k, v in worker_env("auto").items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF", *host_memory.TCMALLOC_SETTINGS)}
     results = {}
     for round_index in range(args.rounds):
         for spec in args.steps.split(","):

@@ -249,7 +249,7 @@ def worker_env(jax_variant: str) -> dict:
     """The environment of a worker: a "+ynn" variant keeps XLA's YNNPACK convolutions, a
     "+no_onednn" one turns oneDNN off (SLOT_JAX_ONEDNN=0). (This process imported slot_jax, which
     put its flag into XLA_FLAGS: the child must not inherit it.) Workers of both frameworks get the
-    allocator that `python -m slot_jax.main` would run with (tcmalloc or huge pages, see
+    allocator that `python -m slot_jax.main` would run with (huge pages, or tcmalloc if asked; see
     slot_jax/host_memory.py); SLOT_JAX_HUGEPAGES=0 keeps the driver's environment."""
     from slot_jax import host_memory, onednn, xla_cpu
     # Nor the driver's XLA_PYTHON_CLIENT_PREALLOCATE (see driver_device): JAX workers allocate as usual.

@@ -87,7 +87,8 @@ def rerun_with_host_allocator() -> None:
     """Replaces this process by the same command line (interpreter options included) with tcmalloc
     or huge pages, where that helps. Call it before any work (no JAX computation; it prints at most
     a note, once). Returns only where it changes nothing."""
-    if os.environ.get(TCMALLOC) == "1" and not _allocator_preloaded(os.environ.get("LD_PRELOAD", "")) \
+    if sys.platform == "linux" and os.environ.get(TCMALLOC) == "1" and os.environ.get(OPT_OUT) != "0" \
+            and not _allocator_preloaded(os.environ.get("LD_PRELOAD", "")) \
             and TUNABLE not in os.environ.get("GLIBC_TUNABLES", "") and find_tcmalloc() is None:
         print(f"note: {TCMALLOC}=1, but gperftools' tcmalloc is not installed (Debian/Ubuntu: "
               "libtcmalloc-minimal4); running on glibc's malloc", file=sys.stderr)

@@ -194,24 +194,30 @@ def _timed_steps(step, state, args, *inputs):
     return {"times": times, "first_step_s": first, "loss": float(metrics["loss"])}
 
 
-def jax_train_worker(args) -> dict:
+def jax_train_step(unet: str, batch: int, conv_impl: str = "auto") -> tuple:
+    """The UNet's jitted train step (state donated), its initial state and (x0, slots) of `batch`."""
     import jax
     import jax.numpy as jnp
 
     from slot_jax.models.diffusion import make_schedule
     from slot_jax.training.state import state_from_params
 
-    config = diffusion_config(args.unet, args.jax_variant)
+    config = diffusion_config(unet, conv_impl)
     d = config.diffusion
     model, optimizer = build_config_unet(config), _optimizer(config)
     schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
-    x0, slots = map(jnp.asarray, _random_inputs(config, args.batch))
+    x0, slots = map(jnp.asarray, _random_inputs(config, batch))
 
     params = host_params(model, x0[:1], jnp.zeros((1,), jnp.int32), slots[:1])
     state = state_from_params(params, optimizer, jax.random.PRNGKey(0))
     step = jax.jit(functools.partial(unet_train_step, model=model, schedule=schedule, optimizer=optimizer),
                    donate_argnums=0)
-    return _timed_steps(step, state, args, x0, slots)
+    return step, state, (x0, slots)
+
+
+def jax_train_worker(args) -> dict:
+    step, state, inputs = jax_train_step(args.unet, args.batch, args.jax_variant)
+    return _timed_steps(step, state, args, *inputs)
 
 
 def jax_full_step_worker(args) -> dict:

@@ -47,28 +47,14 @@ def settings() -> dict:
 
 def build_step(spec: str):
     """(jitted step with donated state, state, inputs) for "sa:MODEL:BATCH" or "unet:UNET:BATCH"."""
-    import functools
-
     import jax
     kind, name, batch = spec.split(":")
     if kind == "sa":
         from train_throughput import jax_step
         step, state, images = jax_step(name, int(batch))
         return jax.jit(step, donate_argnums=0), state, (images,)
-    import jax.numpy as jnp
-
-    import diffusion_speed as ds
-    from slot_jax.models.diffusion import make_schedule
-    from slot_jax.training.state import state_from_params
-    config = ds.diffusion_config(name)
-    d = config.diffusion
-    model, optimizer = ds.build_config_unet(config), ds._optimizer(config)
-    schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
-    x0, slots = map(jnp.asarray, ds._random_inputs(config, int(batch)))
-    params = ds.host_params(model, x0[:1], jnp.zeros((1,), jnp.int32), slots[:1])
-    state = state_from_params(params, optimizer, jax.random.PRNGKey(0))
-    step = functools.partial(ds.unet_train_step, model=model, schedule=schedule, optimizer=optimizer)
-    return jax.jit(step, donate_argnums=0), state, (x0, slots)
+    from diffusion_speed import jax_train_step
+    return jax_train_step(name, int(batch))
 
 
 def worker(args) -> dict:

@@ -13,6 +13,7 @@ Both act only from a process's start, so `python -m slot_jax.main` runs itself a
 LD_PRELOAD or GLIBC_TUNABLES extended. SLOT_JAX_HUGEPAGES=0 keeps the process as started.
 """
 import ctypes.util
+import functools
 import os
 import pathlib
 import platform
@@ -48,6 +49,7 @@ def _glibc_version() -> tuple:
         return ()
 
 
+@functools.cache  # find_library runs ldconfig; asked twice when tcmalloc is missing
 def find_tcmalloc() -> Optional[str]:
     """The name the dynamic loader knows gperftools' tcmalloc by, or None where it is not installed."""
     for name in TCMALLOC_LIBRARIES:

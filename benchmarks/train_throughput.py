@@ -249,8 +249,8 @@ def worker_env(jax_variant: str) -> dict:
     """The environment of a worker: a "+ynn" variant keeps XLA's YNNPACK convolutions, a
     "+no_onednn" one turns oneDNN off (SLOT_JAX_ONEDNN=0). (This process imported slot_jax, which
     put its flag into XLA_FLAGS: the child must not inherit it.) Workers of both frameworks get the
-    allocator that `python -m slot_jax.main` would run with (huge pages, or tcmalloc if asked; see
-    slot_jax/host_memory.py); SLOT_JAX_HUGEPAGES=0 keeps the driver's environment."""
+    allocator that `python -m slot_jax.main` would run with (jemalloc where installed, else huge
+    pages; see slot_jax/host_memory.py); SLOT_JAX_ALLOCATOR=off keeps the driver's environment."""
     from slot_jax import host_memory, onednn, xla_cpu
     # Nor the driver's XLA_PYTHON_CLIENT_PREALLOCATE (see driver_device): JAX workers allocate as usual.
     env = {k: v for k, v in os.environ.items()
@@ -286,7 +286,7 @@ def machine() -> dict:
             "jaxlib": __import__("jaxlib").__version__}
     from slot_jax import host_memory
     workers = host_memory.host_environment(os.environ) or os.environ  # the allocator changes the timings
-    for variable in ("GLIBC_TUNABLES", "LD_PRELOAD"):
+    for variable in ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF"):
         if workers.get(variable):
             info[variable.lower()] = workers[variable]
     if jax.default_backend() == "cpu":  # whether conv_impl=auto can call oneDNN here (+no_onednn runs turn it off)

@@ -105,5 +105,9 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from slot_jax.host_memory import rerun_with_host_allocator
-    rerun_with_host_allocator()  # tcmalloc or huge pages: fewer page faults on the CPU; see slot_jax/host_memory.py
+    try:  # jemalloc or huge pages: fewer page faults on the CPU; see slot_jax/host_memory.py
+        rerun_with_host_allocator()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())

@@ -89,11 +89,12 @@ def worker(args) -> dict:
             losses.append(metrics["loss"])
         jax.block_until_ready(losses)
         times.append((time.perf_counter() - start) / args.timed)
-    for _ in range(args.timed if args.dispatch == "sync" else 0):
-        start = time.perf_counter()
-        state, metrics = step(state, *inputs)
-        jax.block_until_ready(metrics["loss"])
-        times.append(time.perf_counter() - start)
+    else:
+        for _ in range(args.timed):
+            start = time.perf_counter()
+            state, metrics = step(state, *inputs)
+            jax.block_until_ready(metrics["loss"])
+            times.append(time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {"times": times, "faults_per_step": (after.ru_minflt - before.ru_minflt) / args.timed,
             "sys_s_per_step": (after.ru_stime - before.ru_stime) / args.timed, "peak_rss_mb": peak_rss_mb()}

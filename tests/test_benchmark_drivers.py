@@ -1,5 +1,6 @@
 """The benchmark drivers' decisions that need no timing: which PyTorch dtypes a CPU can time,
-and that a baseline computes what slot_jax does."""
+that a baseline computes what slot_jax does, and that the allocator benchmark's settings are
+the command line's own."""
 import pathlib
 import sys
 
@@ -34,3 +35,15 @@ def test_fid_distance_baselines_compute_the_same_distances(tmp_path, monkeypatch
     assert [(row["distance"], row["images"]) for row in rows] == [("Frechet", 10), ("Frechet", 200), ("KID", 30)]
     for row in rows:
         assert row["baseline_value"] != 0 and row["rel_diff"] < 1e-6 and row["speed_up"] > 0  # KID may be < 0
+
+
+def test_the_allocator_benchmark_times_the_command_lines_own_settings(monkeypatch):
+    import host_memory as benchmark
+
+    from slot_jax import host_memory
+    monkeypatch.setattr(host_memory, "find_allocator", {"jemalloc": "libjemalloc.so.2"}.get)
+    settings = benchmark.settings()
+    assert settings["jemalloc"] == {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": host_memory.JEMALLOC_CONF}
+    assert settings["hugetlb"] == {"GLIBC_TUNABLES": host_memory.TUNABLE}
+    assert settings["tcmalloc"] == {"LD_PRELOAD": ""}  # not installed: the driver refuses the setting
+    assert "oversize_threshold" not in settings["jemalloc_thp"]["MALLOC_CONF"]

@@ -105,9 +105,8 @@ def allocator_plan(environ: Mapping[str, str]) -> tuple:
     tunables = environ.get("GLIBC_TUNABLES", "")
     if choice == "auto" and "glibc.malloc.hugetlb" in tunables:
         return None, None
-    note = None
-    if choice in LIBRARIES or choice == "auto":
-        name = "jemalloc" if choice == "auto" else choice
+    note, name = None, {"auto": "jemalloc"}.get(choice, choice)
+    if name in LIBRARIES:
         library = find_allocator(name)
         if library is not None:
             return preload_environment(name, library, environ), None

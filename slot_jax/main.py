@@ -104,10 +104,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from slot_jax.errors import run_cli
     from slot_jax.host_memory import rerun_with_host_allocator
-    try:  # jemalloc or huge pages: fewer page faults on the CPU; see slot_jax/host_memory.py
-        rerun_with_host_allocator()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(main())
+    # jemalloc or huge pages: fewer page faults on the CPU (slot_jax/host_memory.py); it returns
+    # only where it changes nothing, and an unknown SLOT_JAX_ALLOCATOR exits 2 with one line.
+    sys.exit(run_cli(rerun_with_host_allocator) or main())

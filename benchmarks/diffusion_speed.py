@@ -14,7 +14,8 @@ random slots. JAX runs the project's step pattern, jitted with the state donated
 through training.step.apply_gradients_if_finite, which also takes the gradient and update
 norms), once per conv lowering in --jax_variants (`auto`, what the configs use, `native`, XLA's
 own convolution, ...; a "+ynn" suffix keeps XLA's YNNPACK convolutions instead of the Eigen ones
-slot_jax selects, see slot_jax/xla_cpu.py; "+bf16" computes the convolutions in bfloat16); PyTorch
+slot_jax selects, see slot_jax/xla_cpu.py; "+bf16" computes the convolutions and the UNet's dense
+layers in bfloat16, "+bf16+f32_dense" only the convolutions); PyTorch
 runs benchmarks/torch_unet_twin.py eagerly with torch.optim.Adam (and with --torch_bf16 also under
 bfloat16 autocast, "torch/bf16"). The twin computes the same function
 (tests/models/test_torch_unet_twin.py), so the two do equal work. JAX/torch is against PyTorch's
@@ -76,20 +77,26 @@ LEARNING_RATE = 4e-4
 
 
 BF16_SUFFIX = "+bf16"  # a JAX variant whose encoder and UNet convolutions compute in bfloat16
+# With +bf16: the UNet's dense layers stay float32 (slot_jax/models/dense.py), as before they
+# followed model.compute_dtype.
+F32_DENSE_SUFFIX = "+f32_dense"
 
 
 def diffusion_config(unet: str, conv_impl: str = "auto"):
     from slot_jax.config_loader import config_from_args
     dtype = "bfloat16" if BF16_SUFFIX in conv_impl else "float32"
-    conv_impl = strip_suffixes(conv_impl.replace(BF16_SUFFIX, ""))
+    conv_impl = strip_suffixes(conv_impl.replace(BF16_SUFFIX, "").replace(F32_DENSE_SUFFIX, ""))
     return config_from_args(f"{CONFIG}:{unet}", {
         "model.unet.conv_impl": conv_impl, "model.conv_impl": conv_impl, "vae.model.conv_impl": conv_impl,
         "model.compute_dtype": dtype})
 
 
-def build_config_unet(config):
-    """The config's UNet, computing in the config's model.compute_dtype."""
+def build_config_unet(config, jax_variant: str = ""):
+    """The config's UNet, computing in the config's model.compute_dtype (its dense layers in
+    float32 for a +f32_dense variant)."""
+    from slot_jax.models import dense
     from slot_jax.models.autoencoder import compute_dtype
+    dense.LOW_PRECISION_DENSE = F32_DENSE_SUFFIX not in jax_variant  # read while the UNet is traced
     from slot_jax.models.unet import build_unet
     return build_unet(config.model.unet, compute_dtype(config.model))
 
@@ -204,7 +211,7 @@ def jax_train_step(unet: str, batch: int, conv_impl: str = "auto") -> tuple:
 
     config = diffusion_config(unet, conv_impl)
     d = config.diffusion
-    model, optimizer = build_config_unet(config), _optimizer(config)
+    model, optimizer = build_config_unet(config, conv_impl), _optimizer(config)
     schedule = make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
     x0, slots = map(jnp.asarray, _random_inputs(config, batch))
 
@@ -300,7 +307,7 @@ def sample_worker(args) -> dict:
 
     config = diffusion_config(args.unet, args.jax_variant)
     d = config.diffusion
-    model = build_config_unet(config)
+    model = build_config_unet(config, args.jax_variant)
     schedule = diffusion.make_schedule(d.schedule, d.num_train_steps, d.beta_start, d.beta_end)
     shape = (args.batch, *latent_shape(config))
     _, slots = _random_inputs(config, args.batch)
@@ -483,7 +490,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jax_variants", default="auto+ynn,auto",
                         help="train part: model.unet.conv_impl values to time (auto, native, im2col, output_shift), "
                              "each optionally with +ynn (XLA's YNNPACK convolutions) and/or +bf16 (the "
-                             "convolutions in bfloat16, model.compute_dtype)")
+                             "convolutions and the UNet's dense layers in bfloat16, model.compute_dtype; "
+                             "+f32_dense keeps those dense layers float32)")
     parser.add_argument("--rounds", type=int, default=2, help="train part: rounds of alternating implementations")
     parser.add_argument("--steps", type=int, default=4, help="train part: timed steps per worker")
     parser.add_argument("--warmup", type=int, default=2, help="train part: untimed steps per worker (compile)")

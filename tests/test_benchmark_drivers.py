@@ -47,3 +47,16 @@ def test_the_allocator_benchmark_times_the_command_lines_own_settings(monkeypatc
     assert settings["hugetlb"] == {"GLIBC_TUNABLES": host_memory.TUNABLE}
     assert settings["tcmalloc"] == {"LD_PRELOAD": ""}  # not installed: the driver refuses the setting
     assert "oversize_threshold" not in settings["jemalloc_thp"]["MALLOC_CONF"]
+
+
+def test_the_diffusion_benchmark_variants_set_dtype_and_dense_precision(monkeypatch):
+    import diffusion_speed
+
+    from slot_jax.models import dense
+    monkeypatch.setattr(dense, "LOW_PRECISION_DENSE", True)  # restored after the test
+    for variant, dtype, low_dense in (("auto", "float32", True), ("auto+bf16", "bfloat16", True),
+                                      ("auto+bf16+f32_dense", "bfloat16", False)):
+        config = diffusion_speed.diffusion_config("quick", variant)
+        assert (config.model.compute_dtype, config.model.unet.conv_impl) == (dtype, "auto")
+        diffusion_speed.build_config_unet(config, variant)
+        assert dense.LOW_PRECISION_DENSE is low_dense

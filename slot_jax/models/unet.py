@@ -12,6 +12,7 @@ from slot_jax.models.attention import dot_product_attention
 from slot_jax.models.blocks import (Downsample, ResBlock, Upsample, ZeroConv, check_divisible_size,
                                     check_group_norm_widths)
 from slot_jax.models.conv import Conv, example_chunk, in_batch_chunks
+from slot_jax.models.dense import mixed_dot_general
 from slot_jax.models.norm import GroupNorm
 
 
@@ -43,34 +44,42 @@ class TimeEmbedding(nn.Module):
 
 class FeedForward(nn.Module):
     hidden: int
+    dtype: Any = jnp.float32  # of the matmuls (slot_jax/models/dense.py)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h = nn.gelu(nn.Dense(self.hidden, name="dense_in")(x))
-        return nn.Dense(x.shape[-1], name="dense_out")(h)
+        dense = functools.partial(nn.Dense, dot_general=mixed_dot_general(self.dtype))
+        h = nn.gelu(dense(self.hidden, name="dense_in")(x))
+        return dense(x.shape[-1], name="dense_out")(h)
 
 
 class SpatialTransformer(nn.Module):
     """x [B,h,w,C], slots [B,K,D] -> [B,h,w,C]: pixel self-attention, cross-attention from pixels
     to slots, feed-forward (pre-LayerNorm residuals), added to x through a zero-initialised
-    projection. Slots carry no position, so the output is invariant to their order."""
+    projection. Slots carry no position, so the output is invariant to their order. The dense
+    layers and the attention's projections compute in `dtype` with float32 results; the norms, the
+    attention scores and softmax, and the residual sums stay float32."""
 
     num_heads: int = 4
     num_groups: int = 8
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, slots: jnp.ndarray) -> jnp.ndarray:
         batch, height, width, channels = x.shape
+        dot_general = mixed_dot_general(self.dtype)
+        dense = functools.partial(nn.Dense, dot_general=dot_general)
         tokens = GroupNorm(self.num_groups, name="norm")(x).reshape(batch, height * width, channels)
-        tokens = nn.Dense(channels, name="proj_in")(tokens)
+        tokens = dense(channels, name="proj_in")(tokens)
         normed = nn.LayerNorm(name="norm_self")(tokens)
         attention = functools.partial(nn.MultiHeadDotProductAttention, self.num_heads,
+                                      qkv_dot_general=dot_general, out_dot_general=dot_general,
                                       attention_fn=dot_product_attention)  # per backend, see attention.py
         tokens = tokens + attention(name="self_attn")(normed, normed)
         normed = nn.LayerNorm(name="norm_cross")(tokens)
         tokens = tokens + attention(name="cross_attn")(normed, slots)
-        tokens = tokens + FeedForward(4 * channels, name="ff")(nn.LayerNorm(name="norm_ff")(tokens))
-        out = nn.Dense(channels, kernel_init=nn.initializers.zeros, name="proj_out")(tokens)
+        tokens = tokens + FeedForward(4 * channels, self.dtype, name="ff")(nn.LayerNorm(name="norm_ff")(tokens))
+        out = dense(channels, kernel_init=nn.initializers.zeros, name="proj_out")(tokens)
         return x + out.reshape(x.shape)
 
 
@@ -90,8 +99,9 @@ class SlotUNet(nn.Module):
     num_groups: int = 8
     out_channels: Optional[int] = None  # None or 0: as many as x_t has
     conv_impl: str = "auto"
-    # Compute dtype of the convolutions (bfloat16: 2x float32's speed on oneDNN with AVX512_BF16);
-    # the norms, attention, residual sums and the output stay float32. Parameters stay float32.
+    # Compute dtype of the convolutions and dense layers (bfloat16: about 2x float32's speed with
+    # AVX512_BF16); the norms, attention scores, residual sums and the output stay float32.
+    # Parameters stay float32.
     dtype: Any = jnp.float32
     # Examples per chunk in which the network runs; 0: cache-sized chunks on a one-device CPU
     # (conv.batch_chunk), the whole batch elsewhere. Every example is denoised alone, so any
@@ -133,7 +143,7 @@ class SlotUNet(nn.Module):
 
         res_block = functools.partial(ResBlock, num_groups=self.num_groups, zero_init_last=True,
                                       conv_impl=self.conv_impl, dtype=self.dtype)
-        attention_block = functools.partial(SpatialTransformer, self.num_heads, self.num_groups)
+        attention_block = functools.partial(SpatialTransformer, self.num_heads, self.num_groups, self.dtype)
 
         def denoise(x_t, time_emb, slots):
             x = layer("conv_in", Conv, self.channels, (3, 3), impl=self.conv_impl, dtype=self.dtype)(x_t)

@@ -119,6 +119,29 @@ def _conv_operand_dtypes(fn, *args) -> set:
     return {dtype for line in lines for dtype in ("f32", "bf16") if f"x{dtype}>" in line.rsplit("->", 1)[0]}
 
 
+def _dots(model, params, x_t, t, slots) -> list:
+    """(operand dtype, result dtype) of every dot in the lowered gradient of a loss of `model`."""
+    loss = lambda p: jnp.mean(jnp.square(model.apply(p, x_t, t, slots)))  # noqa: E731
+    hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+    types = [line.rsplit(" : ", 1)[1] for line in hlo.splitlines() if "stablehlo.dot_general" in line]
+    return [(line.split(">", 1)[0].rsplit("x", 1)[1], line.rsplit("x", 1)[1].rstrip(">")) for line in types]
+
+
+def test_bfloat16_runs_the_dense_layers_in_bf16_and_the_attention_scores_in_float32(tiny):
+    _, _, params, _ = tiny
+    inputs = _inputs()
+    dots32 = _dots(SlotUNet(**TINY), params, *inputs)
+    dots16 = _dots(SlotUNet(**TINY, dtype=jnp.bfloat16), params, *inputs)
+    assert set(dots32) == {("f32", "f32")}
+    # The same dots, the dense layers' now on bf16 operands, every result float32; the attention
+    # scores and weighted sums and the time embedding stay float32.
+    assert len(dots16) == len(dots32) and set(dots16) == {("bf16", "f32"), ("f32", "f32")}
+    # At least the forward, kernel gradient and input gradient of the 11 dense layers of each of
+    # the 4 transformer blocks (proj_in, q, k, v and out of both attentions, ff in and out,
+    # proj_out), less the input gradients of the cross-attention's key and value (the slots).
+    assert dots16.count(("bf16", "f32")) >= 4 * (3 * 11 - 2)
+
+
 @pytest.mark.parametrize("impl", ["native", pytest.param("onednn", marks=needs_onednn_bf16)])
 def test_bfloat16_convolutions_keep_the_unet_close_to_float32(tiny, impl):
     _, _, params, _ = tiny

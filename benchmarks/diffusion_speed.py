@@ -76,9 +76,8 @@ QUICK_DEFAULTS = dict(unets="quick", batches="8", rounds=1, steps=2, warmup=1,
 LEARNING_RATE = 4e-4
 
 
-BF16_SUFFIX = "+bf16"  # a JAX variant whose encoder and UNet convolutions compute in bfloat16
-# With +bf16: the UNet's dense layers stay float32 (slot_jax/models/dense.py), as before they
-# followed model.compute_dtype.
+BF16_SUFFIX = "+bf16"  # the convolutions and the UNet's dense layers compute in bfloat16
+# Beside +bf16: the UNet's dense layers stay float32, as before slot_jax/models/dense.py.
 F32_DENSE_SUFFIX = "+f32_dense"
 
 
@@ -96,8 +95,8 @@ def build_config_unet(config, jax_variant: str = ""):
     float32 for a +f32_dense variant)."""
     from slot_jax.models import dense
     from slot_jax.models.autoencoder import compute_dtype
-    dense.LOW_PRECISION_DENSE = F32_DENSE_SUFFIX not in jax_variant  # read while the UNet is traced
     from slot_jax.models.unet import build_unet
+    dense.LOW_PRECISION_DENSE = F32_DENSE_SUFFIX not in jax_variant  # read while the UNet is traced
     return build_unet(config.model.unet, compute_dtype(config.model))
 
 

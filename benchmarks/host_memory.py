@@ -15,6 +15,8 @@ the settings compared:
 - jemalloc: jemalloc preloaded as slot_jax's default does where it is installed: huge pages, and
   freed blocks above 256 MB handed back at once (Debian: libjemalloc2);
 - jemalloc_thp: the same with jemalloc's 8 MB oversize threshold;
+- jemalloc_plain: jemalloc preloaded with its own defaults (no MALLOC_CONF), as a user who preloads
+  it by hand gets unless slot_jax adds its settings;
 - jemalloc_keep: jemalloc with huge pages and no decay, so it keeps every freed block (the rows
   of results/host_memory.jsonl from before 2026-11-29 22:00 UTC call it "jemalloc"; every row
   records its environment).
@@ -48,6 +50,7 @@ def settings() -> dict:
             "reuse": {"GLIBC_TUNABLES": keep},
             "heap": {"GLIBC_TUNABLES": keep.replace(host_memory.TUNABLE + ":", "")},
             **{name: preloaded(name) for name in ("tcmalloc", "jemalloc")},
+            "jemalloc_plain": {**preloaded("jemalloc"), "MALLOC_CONF": ""},
             "jemalloc_thp": {**preloaded("jemalloc"), "MALLOC_CONF": "thp:always,metadata_thp:auto"},
             "jemalloc_keep": {**preloaded("jemalloc"),
                               "MALLOC_CONF": "thp:always,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"}}

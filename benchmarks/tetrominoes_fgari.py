@@ -5,7 +5,10 @@ the 10 real DeepMind Tetrominoes samples (../shared/data/real).
         [--eval_every=500] [--variant=quick] [--config.x=y ...]
 
 Trains with the library's own loop (resuming if the workdir has checkpoints), prints a table and
-appends one JSON line with the machine to benchmarks/results/tetrominoes_fgari.jsonl.
+appends one JSON line with the machine to benchmarks/results/tetrominoes_fgari.jsonl. Like
+`python -m slot_jax.main`, it first runs itself again with the command line's memory allocator
+(slot_jax/host_memory.py), so that its steps/s are the command line's. A SIGTERM or Ctrl-C saves a
+checkpoint and stops with one line; the same command resumes.
 """
 import argparse
 import datetime
@@ -18,6 +21,7 @@ import time
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "tetrominoes_fgari.jsonl"
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "slot_attention.py"
+ALLOCATOR_VARIABLES = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")  # recorded: they change steps/s
 COLUMNS = ("val/decoder/fg_ari", "val/attention/fg_ari", "val/decoder/ari", "val/decoder/mbo",
            "real/decoder/fg_ari", "real/attention/fg_ari")
 
@@ -40,6 +44,7 @@ def main(argv=None) -> int:
     args, rest = parser.parse_known_args(argv)
     from slot_jax.config_loader import config_from_args
     from slot_jax.training.loop import train
+    from slot_jax.training.stopping import Stopped
 
     overrides = dict(arg[len("--config."):].split("=", 1) for arg in rest if arg.startswith("--config."))
     overrides.update({"train.num_steps": str(args.steps), "train.eval_every": str(args.eval_every),
@@ -49,7 +54,11 @@ def main(argv=None) -> int:
         print("error: this benchmark trains on tetrominoes", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    train(config, args.workdir)
+    try:
+        train(config, args.workdir)
+    except Stopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_status
     elapsed = time.perf_counter() - started
 
     rows = [json.loads(line) for line in (pathlib.Path(args.workdir) / "metrics.jsonl").read_text().splitlines()]
@@ -62,11 +71,15 @@ def main(argv=None) -> int:
     with RESULTS.open("a") as file:
         file.write(json.dumps({
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), "variant": args.variant, "overrides": overrides,
+            "machine": machine(), "allocator": {k: os.environ.get(k) for k in ALLOCATOR_VARIABLES},
+            "variant": args.variant, "overrides": overrides,
             "wall_seconds_this_run": round(elapsed, 1),
             "curve": [{"step": r["step"], **{c: r.get(c) for c in COLUMNS}} for r in evals]}) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runs from a checkout, installed or not
+    from slot_jax.errors import run_cli
+    from slot_jax.host_memory import rerun_with_host_allocator
+    sys.exit(run_cli(rerun_with_host_allocator) or run_cli(main))

@@ -60,3 +60,35 @@ def test_the_diffusion_benchmark_variants_set_dtype_and_dense_precision(monkeypa
         assert (config.model.compute_dtype, config.model.unet.conv_impl) == (dtype, "auto")
         diffusion_speed.build_config_unet(config, variant)
         assert dense.LOW_PRECISION_DENSE is low_dense
+
+
+def test_the_fgari_benchmark_starts_with_the_command_lines_allocator(tmp_path):
+    """It re-runs itself as `python -m slot_jax.main` does, so an unknown SLOT_JAX_ALLOCATOR is the
+    command line's one-line error before any work (before the config, whose variant is unknown)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "SLOT_JAX_ALLOCATOR": "bogus"}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tetrominoes_fgari.py"), "--workdir", str(tmp_path),
+                          "--variant", "no_such_variant"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: SLOT_JAX_ALLOCATOR='bogus' is not an allocator choice: use one of auto, jemalloc, tcmalloc, "
+        "hugepages, off (or unset it for auto)"]
+
+
+def test_the_fgari_benchmark_stops_with_one_line_and_records_nothing(tmp_path, monkeypatch, capsys):
+    import tetrominoes_fgari
+
+    from slot_jax.training import loop
+    from slot_jax.training.stopping import Stopped
+
+    def stopped(config, workdir):
+        raise Stopped(300, "SIGTERM", pathlib.Path(workdir) / "checkpoints" / "300", 143)
+
+    monkeypatch.setattr(loop, "train", stopped)
+    monkeypatch.setattr(tetrominoes_fgari, "RESULTS", tmp_path / "fgari.jsonl")
+    assert tetrominoes_fgari.main(["--workdir", str(tmp_path / "run"), "--steps", "600"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stopped by SIGTERM after step 300") and "resume" in err[0]
+    assert not (tmp_path / "fgari.jsonl").exists()

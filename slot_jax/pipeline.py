@@ -15,6 +15,7 @@ from slot_jax.training.checkpoint import Checkpointer
 from slot_jax.training.diffusion_experiment import check_diffusion_config
 from slot_jax.training.experiment import check_config, dataset_info, prepare_workdir
 from slot_jax.training.loop import evaluate_latest, train
+from slot_jax.training.workdir_lock import hold_workdir
 
 
 def stage_workdirs(config, workdir: pathlib.Path) -> dict:
@@ -67,8 +68,13 @@ def run_pipeline(config, workdir, mode: str) -> dict:
     configs = stage_configs(config, workdirs)
     check_all(config, workdirs, configs)
     workdir = prepare_workdir(workdir, create=mode == "train")
-    results = {}
     chief = jax.process_index() == 0  # one process speaks for a multi-process run
+    with hold_workdir(workdir, enabled=chief):  # the stages hold their own: the VAE's may be shared
+        return _run_stages(config, workdir, workdirs, configs, mode, chief)
+
+
+def _run_stages(config, workdir, workdirs: dict, configs: dict, mode: str, chief: bool) -> dict:
+    results = {}
     for name, stage_workdir in workdirs.items():
         stage_config = configs[name]
         if mode == "train" and completed(stage_config, stage_workdir):

@@ -1,4 +1,5 @@
 """Test-wide set-up: four simulated CPU devices, so data-parallel code runs for real."""
+import contextlib
 import os
 
 # Must happen before jax is imported anywhere. The suite is bound by XLA compiling hundreds of
@@ -68,6 +69,30 @@ def tiny_args():
         return [f"--config={SA_CONFIG}:quick", f"--workdir={workdir}"] + [
             f"--config.{k}={v}" for k, v in merged.items()]
     return build
+
+
+@contextlib.contextmanager
+def held_by_another_process(workdir):
+    """Another process holds `workdir` (slot_jax.training.workdir_lock) until the block ends;
+    yields that process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import time
+        from slot_jax.training.workdir_lock import hold_workdir
+        with hold_workdir({str(workdir)!r}):
+            print("held", flush=True)
+            time.sleep(600)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        yield process
+    finally:
+        process.kill()
+        process.wait()
 
 
 def random_inception_variables(seed: int = 0):

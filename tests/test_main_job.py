@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, held_by_another_process
 from slot_jax import main as cli
+from slot_jax.training.workdir_lock import LOCK_FILE
 
 DIFFUSION_CONFIG = REPO / "configs" / "diffusion.py"
 
@@ -125,6 +126,18 @@ def test_a_finished_stage_whose_config_changed_is_refused_not_skipped(trained, c
     err = capsys.readouterr().err.strip()
     assert "slot_size" in err and "autoencoder" in err and len(err.splitlines()) == 1
     assert _snapshot(trained) == before
+
+
+def test_a_workdir_in_use_by_another_run_is_refused_and_kept(trained, capsys):
+    before = _snapshot(trained)
+    with held_by_another_process(trained) as other:
+        assert cli.main(_args(trained, **{"train.num_steps": 4})) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"pid {other.pid}" in err and "in use" in err and len(err.splitlines()) == 1
+    after = _snapshot(trained)
+    for snapshot in (before, after):  # the other process wrote its own pid there
+        del snapshot[LOCK_FILE]
+    assert after == before
 
 
 def test_slots_of_another_size_are_refused_by_the_sampler(trained):

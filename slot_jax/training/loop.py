@@ -12,6 +12,7 @@ from slot_jax.training.experiment import prepare_workdir, slow_dtype_note, write
 from slot_jax.training.kinds import build_experiment
 from slot_jax.training.optimizer import Plateau, plateau_step
 from slot_jax.training.stopping import StopRequests, Stopped
+from slot_jax.training.workdir_lock import hold_workdir
 from slot_jax.training.writers import MetricWriter, Progress
 
 
@@ -24,6 +25,11 @@ def train(config, workdir) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), then evaluates. Returns eval results."""
     experiment = build_experiment(config)  # checks the config before anything is written
     workdir = prepare_workdir(workdir, create=True)
+    with hold_workdir(workdir, enabled=jax.process_index() == 0):
+        return _train(experiment, config, workdir)
+
+
+def _train(experiment, config, workdir) -> dict:
     is_chief = jax.process_index() == 0
     note = slow_dtype_note(config, jax.default_backend())
     if note and is_chief:
@@ -114,4 +120,5 @@ def evaluate_latest(config, workdir) -> dict:
     """Scores the workdir's latest checkpoint (`--mode=eval`)."""
     workdir = prepare_workdir(workdir, create=False)
     experiment = build_experiment(config)
-    return experiment.evaluate(workdir, restore_latest(experiment, workdir))
+    with hold_workdir(workdir, enabled=jax.process_index() == 0):
+        return experiment.evaluate(workdir, restore_latest(experiment, workdir))

@@ -65,8 +65,9 @@ RESULTS = HERE / "results" / "diffusion_speed.jsonl"
 CONFIG = REPO / "configs" / "diffusion.py"
 sys.path.insert(0, str(REPO))  # runs from a checkout, installed or not
 sys.path.insert(0, str(HERE))
-from train_throughput import (append_result, strip_suffixes, driver_device, image_size, machine,  # noqa: E402
-                              peak_memory_mb, run_worker, torch_bf16_skip_reason, torch_device, worker_env)
+from train_throughput import (allocator_note, append_result, strip_suffixes, driver_device,  # noqa: E402
+                              image_size, machine, peak_memory_mb, run_worker, torch_bf16_skip_reason,
+                              torch_device, worker_env)
 
 UNETS = ("quick", "report")  # variants of configs/diffusion.py
 SAMPLE_RUNS = ("quick:ddpm:1000,quick:ddim:50,quick:ddim:25,quick:dpm_solver++:25,"
@@ -532,6 +533,7 @@ def main(argv=None) -> int:
             parser.error(f"--sample_runs entry {spec!r}: expected UNET:SAMPLER:STEPS with UNET one of "
                          f"{', '.join(UNETS)} and SAMPLER one of ddpm, ddim, dpm_solver++")
     device = driver_device()  # before the driver's own JAX work (FLOP counts)
+    allocator_note()
     load = os.getloadavg()[0]
     if load > 0.5 and device == "cpu":
         print(f"warning: 1-minute load average {load:.1f} before the start; other work on the CPU slows both "

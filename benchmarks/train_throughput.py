@@ -267,6 +267,16 @@ def worker_env(jax_variant: str) -> dict:
     return env
 
 
+def allocator_note() -> None:
+    """Prints slot_jax's note where the workers would run on an allocator that the command line
+    would not choose as it stands (jemalloc preloaded without MALLOC_CONF): the JSON lines record
+    the allocator, but a driver started from such a shell should say so before its first worker."""
+    from slot_jax import host_memory
+    note = host_memory.allocator_plan(os.environ)[1]
+    if note:
+        print(note, flush=True)
+
+
 def run_worker(*extra, script=__file__, env=None) -> dict:
     """Runs `script --worker *extra` in a fresh process (this file's workers by default) and returns
     the dict it prints on its RESULT line."""
@@ -361,6 +371,7 @@ def main(argv=None) -> int:
         worker_main(args)
         return 0
     device = driver_device()
+    allocator_note()
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--device", device]
     dtypes = args.dtypes.split(",")
     torch_dtypes = dtypes

@@ -4,6 +4,8 @@ the command line's own."""
 import pathlib
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -92,3 +94,17 @@ def test_the_fgari_benchmark_stops_with_one_line_and_records_nothing(tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stopped by SIGTERM after step 300") and "resume" in err[0]
     assert not (tmp_path / "fgari.jsonl").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="slot_jax picks allocators on Linux only")
+def test_the_drivers_say_when_their_workers_would_run_on_jemallocs_defaults(monkeypatch, capsys):
+    from slot_jax import host_memory
+    monkeypatch.delenv("MALLOC_CONF", raising=False)
+    monkeypatch.delenv(host_memory.ALLOCATOR, raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    train_throughput.allocator_note()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "without MALLOC_CONF" in out
+    monkeypatch.setenv("MALLOC_CONF", host_memory.JEMALLOC_CONF)  # as the command line sets it
+    train_throughput.allocator_note()
+    assert capsys.readouterr().out == ""

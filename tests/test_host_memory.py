@@ -85,6 +85,23 @@ def test_asking_for_a_missing_allocator_says_so_once_and_falls_back(linux_glibc,
     assert len(calls) == 1 and capsys.readouterr().err.count("\n") == 1
 
 
+def test_a_jemalloc_preloaded_without_its_settings_gets_a_note_and_is_kept(with_both, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda path, args, env: calls.append(env))
+    monkeypatch.setattr(os, "environ", {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
+    host_memory.rerun_with_host_allocator()
+    err = capsys.readouterr().err
+    assert calls == [] and err.count("\n") == 1 and "without MALLOC_CONF" in err
+    assert f"MALLOC_CONF={host_memory.JEMALLOC_CONF}" in err
+    for settings in ({"MALLOC_CONF": "narenas:2"}, {"MALLOC_CONF": ""}, {host_memory.ALLOCATOR: "off"}):
+        monkeypatch.setattr(os, "environ", {"LD_PRELOAD": "libjemalloc.so.2", **settings})  # the user's choice
+        host_memory.rerun_with_host_allocator()
+        assert calls == [] and capsys.readouterr().err == ""
+    monkeypatch.setattr(os, "environ", {"LD_PRELOAD": TCMALLOC})
+    host_memory.rerun_with_host_allocator()
+    assert calls == [] and capsys.readouterr().err == ""
+
+
 def test_an_unknown_choice_is_a_one_line_error(with_both):
     with pytest.raises(UserError, match="SLOT_JAX_ALLOCATOR='tcmaloc' is not an allocator choice: use one of auto"):
         host_memory.host_environment(ask("tcmaloc"))
